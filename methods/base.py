@@ -1,0 +1,87 @@
+"""The interface every multitask method implements.
+
+A method never reaches into the trainer or the model: the trainer hands it a :class:`StepInputs`
+(task losses, their configured weights, the shared parameters, the named shared representations,
+the step number and the loss-scaling function) and the method owns the backward pass — it fills
+``.grad`` on the parameters and returns scalar diagnostics to log. Hyper-parameters come from a
+dataclass ``Params`` validated from the run configuration; learnable state (if any) lives in the
+module and is checkpointed with the run through ``state_dict()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class MethodNeeds:
+    """What the trainer must provide beyond the task losses (it computes only that)."""
+
+    representation_grads: bool = False
+    shared_grads: bool = False
+    extra_forward: bool = False
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyper-parameters."""
+
+
+def _identity(loss: Tensor) -> Tensor:
+    return loss
+
+
+@dataclass
+class StepInputs:
+    """Everything a method may use in one optimisation step."""
+
+    losses: dict[str, Tensor]
+    weights: dict[str, float]
+    shared_parameters: Sequence[nn.Parameter]
+    representations: dict[str, Tensor | list[Tensor]]
+    step: int
+    scale: Callable[[Tensor], Tensor] = _identity
+
+    def weighted_sum(self) -> Tensor:
+        """Σ_t λ_t L_t with the task's configured weights."""
+        return sum(self.weights[name] * loss for name, loss in self.losses.items())  # type: ignore[return-value]
+
+
+class MultiTaskMethod(nn.Module):
+    """Base class. Subclasses set ``Params``/``needs`` and implement :meth:`backward`."""
+
+    Params: ClassVar[type] = NoParams
+    needs: ClassVar[MethodNeeds] = MethodNeeds()
+
+    def __init__(self, task_names: Sequence[str], params: Any = None) -> None:
+        super().__init__()
+        self.task_names = tuple(task_names)
+        self.params = params if params is not None else self.Params()
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject bad hyper-parameters before training; raise ``ValueError`` naming the value."""
+
+    def backward(self, inputs: StepInputs) -> dict[str, float]:
+        """Fill ``.grad`` of the parameters for this step; return diagnostics (floats)."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        fields = dataclasses.asdict(self.params) if dataclasses.is_dataclass(self.params) else {}
+        return ", ".join(f"{k}={v!r}" for k, v in fields.items())
+
+
+def detach_float(value: Tensor) -> float:
+    return float(value.detach().float().cpu())
+
+
+def check_finite_losses(losses: dict[str, Tensor]) -> None:
+    bad = {k: detach_float(v) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+    if bad:
+        raise FloatingPointError(f"non-finite task loss: {bad}")

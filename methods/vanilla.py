@@ -1,0 +1,17 @@
+"""Vanilla multitask learning (equal/fixed weighting, "EW")."""
+
+from __future__ import annotations
+
+from mtlbench.registry import register_method
+
+from .base import MultiTaskMethod, StepInputs, detach_float
+
+
+@register_method("vanilla")
+class Vanilla(MultiTaskMethod):
+    """Weighted sum of the task losses with the task's fixed weights (one backward pass)."""
+
+    def backward(self, inputs: StepInputs) -> dict[str, float]:
+        total = inputs.weighted_sum()
+        inputs.scale(total).backward()
+        return {"loss": detach_float(total)}

@@ -1,0 +1,171 @@
+"""The ``mtlbench`` command line. Heavy imports (torch) happen inside the commands that need them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="mtlbench",
+    help="Multitask optimisation benchmarks for medical imaging: one trainer, every method, every backbone.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+KINDS = ("tasks", "methods", "backbones")
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mtlbench.errors import ConfigError, DataError
+    from mtlbench.registry import UnknownNameError
+
+    return (ConfigError, DataError, UnknownNameError)
+
+
+OverridesArg = Annotated[
+    Optional[list[str]], typer.Argument(help="Config overrides key=value, e.g. train.epochs=5 data.root=/data")
+]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (see `mtlbench list tasks`).")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="Method name (see `mtlbench list methods`).")]
+BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with settings.")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="quick (CPU try-out) or paper.")]
+
+
+def _resolve(task, method, backbone, config, preset, overrides):  # type: ignore[no-untyped-def]
+    from mtlbench.config import resolve_config
+    from mtlbench.resolve import resolve_run
+
+    cfg = resolve_config(
+        overrides=overrides or [], config_file=config, preset=preset, task=task, method=method, backbone=backbone
+    )
+    return resolve_run(cfg)
+
+
+@app.command()
+def run(
+    overrides: OverridesArg = None,
+    task: TaskOpt = None,
+    method: MethodOpt = None,
+    backbone: BackboneOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier attempt and start over.")] = False,
+) -> None:
+    """Train one task with one method and backbone; resumes an interrupted run with the same config."""
+    errors = _user_errors()
+    try:
+        from mtlbench.config import resolve_config
+        from mtlbench.runner import prepare_run
+
+        cfg = resolve_config(
+            overrides=overrides or [], config_file=config, preset=preset, task=task, method=method, backbone=backbone
+        )
+        prepared = prepare_run(cfg)
+    except errors as exc:
+        _fail(str(exc))
+        return
+    _train_and_report(prepared, restart)
+
+
+def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    from mtlbench.progress import TrainingProgress
+    from mtlbench.runner import run_experiment
+    from mtlbench.summary import summary_table
+    from mtlbench.trainer import NonFiniteLossError
+
+    console = Console()
+    cfg = prepared.config
+    console.print(
+        f"[bold]mtlbench run[/bold] task={cfg.task} method={cfg.method} backbone={cfg.backbone} "
+        f"preset={cfg.preset} device={prepared.device} run_id={cfg.run_id()}"
+    )
+    try:
+        with TrainingProgress(live=cfg.train.progress) as progress:
+            outcome = run_experiment(cfg, restart=restart, progress=progress, prepared=prepared)
+    except NonFiniteLossError as exc:
+        _fail(str(exc), EXIT_FAILED)
+        return
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last finished epoch is saved; run the same command again to resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if outcome.already_finished:
+        console.print("this configuration has already finished; showing its result (use --restart to train again)")
+    elif outcome.resumed:
+        console.print("resumed from the last checkpoint")
+    console.print(summary_table(outcome.result, prepared.task.summary_metrics))
+    res = outcome.result
+    console.print(
+        f"best epoch {res['best_epoch']} of {res['epochs']}  ·  train {res['train_time_s']:.1f} s  ·  "
+        f"mean step {1000 * res['mean_step_time_s']:.1f} ms  ·  peak memory {res['peak_memory_mb']:.0f} MiB"
+    )
+    console.print(f"run folder: {outcome.folder.root}")
+
+
+@app.command("list")
+def list_entries(
+    kind: Annotated[Optional[str], typer.Argument(help="tasks, methods or backbones (default: all three).")] = None,
+    pattern: Annotated[str, typer.Option("--filter", "-f", help="Wildcard on names, e.g. '*unet*'.")] = "*",
+) -> None:
+    """List registered tasks, methods and backbones with a one-line description each."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mtlbench.registry import BACKBONES, METHODS, TASKS
+
+    registries = {"tasks": TASKS, "methods": METHODS, "backbones": BACKBONES}
+    if kind is not None and kind not in registries:
+        _fail(f"unknown kind {kind!r} (use one of: {', '.join(KINDS)})")
+    console = Console()
+    for name in [kind] if kind else list(KINDS):
+        table = Table(title=name, title_justify="left", show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for entry_name, description in registries[name].describe(pattern):
+            table.add_row(entry_name, description)
+        console.print(table)
+
+
+@config_app.command("show")
+def config_show(
+    overrides: OverridesArg = None,
+    task: TaskOpt = None,
+    method: MethodOpt = None,
+    backbone: BackboneOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+) -> None:
+    """Print the fully resolved configuration (YAML) and its run id."""
+    errors = _user_errors()
+    try:
+        resolved = _resolve(task, method, backbone, config, preset, overrides)
+    except errors as exc:
+        _fail(str(exc))
+        return
+    from mtlbench.config import to_yaml
+
+    typer.echo(f"# run id: {resolved.run_id}")
+    typer.echo(to_yaml(resolved.config.to_dict()).rstrip())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

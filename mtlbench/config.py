@@ -1,0 +1,343 @@
+"""Typed run configuration: defaults in one place, presets, YAML files and ``a.b=value`` overrides.
+
+Resolution order: dataclass defaults → preset → ``--config`` file → command-line overrides.
+Unknown keys and values of the wrong type are rejected before any work starts, with the
+closest valid key suggested. The per-registry sections (``task_args``, ``method_args``,
+``backbone_args``) are checked against the chosen entry's own typed parameters by
+:mod:`mtlbench.resolve`, which needs the registries; this module stays import-light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from mtlbench.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from. ``root=None`` means the embedded synthetic phantom."""
+
+    root: str | None = None
+    format: str = "phantom"
+    image_size: int = 64
+    num_train: int = 480
+    num_val: int = 96
+    num_test: int = 96
+    phantom_seed: int = 0
+    cache_dir: str | None = None
+    num_workers: int = 0
+    radiomics_workers: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """How the common trainer runs; identical for every method."""
+
+    epochs: int = 12
+    steps_per_epoch: int = 40
+    val_steps: int | None = None
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    amp: Literal["none", "bf16", "fp16", "auto"] = "none"
+    device: str = "auto"
+    monitor: str = "score"
+    monitor_mode: Literal["max", "min"] = "max"
+    grad_clip: float | None = None
+    progress: bool = True
+    deterministic: bool = True
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Its hash (without ``output_dir``) is the run id."""
+
+    task: str = "thyroid"
+    method: str = "rlar"
+    backbone: str = "unet_small"
+    preset: str = "quick"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task_args: dict[str, Any] = field(default_factory=dict)
+    method_args: dict[str, Any] = field(default_factory=dict)
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def run_id(self) -> str:
+        return config_hash(self.to_dict())
+
+
+# Keys that do not change what a run computes: excluded from the run id.
+NON_IDENTITY_KEYS = ("output_dir", "train.progress", "data.num_workers", "data.radiomics_workers", "data.cache_dir")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # A CPU try-out: small images, a small U-Net, a few minutes on a laptop.
+    "quick": {},
+    # The paper's protocol (Sec. 3): AdamW 1e-4, batch 8, 250/50 steps per epoch, up to 500 epochs,
+    # mixed precision, nnU-Net encoder at 512 px.
+    "paper": {
+        "backbone": "nnunet_plain",
+        "data": {"image_size": 512, "num_train": 2000, "num_val": 400, "num_test": 400},
+        "train": {
+            "epochs": 500,
+            "steps_per_epoch": 250,
+            "val_steps": 50,
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "lr": 1e-4,
+            "weight_decay": 1e-2,
+            "amp": "auto",
+        },
+    },
+}
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def config_hash(resolved: dict[str, Any], length: int = 10) -> str:
+    """Short stable hash of a resolved configuration, ignoring :data:`NON_IDENTITY_KEYS`."""
+    ident = json.loads(json.dumps(resolved))
+    for dotted in NON_IDENTITY_KEYS:
+        parts = dotted.split(".")
+        node = ident
+        for p in parts[:-1]:
+            node = node.get(p, {})
+        node.pop(parts[-1], None)
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+# --------------------------------------------------------------------------- value coercion
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _parse_scalar_text(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert text from the command line.
+
+    Raises :class:`ConfigError` naming ``key`` when the value does not fit.
+    """
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~")):
+            if type(None) in options:
+                return None
+        for opt in options:
+            if opt is type(None):
+                continue
+            try:
+                return coerce(value, opt, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}{hint}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected text, got {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = _parse_scalar_text(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return build_dataclass(tp, value, key)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: cannot use {value!r} as {_type_name(tp)}")
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {where + '.' if where else ''}{close[0]}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}{hint} (valid: {', '.join(sorted(valid))})")
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from a (possibly partial) mapping, validating every value."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, val in values.items():
+        full = f"{where}.{key}" if where else key
+        if key not in names:
+            raise _unknown_key(full, names, where)
+        kwargs[key] = coerce(val, hints[key], full)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+    return obj
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → ``{"a": {"b": "1"}, "c": "x"}`` (values stay text until coerced)."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.epochs=5)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = tree
+        parts = key.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {p!r}")
+            node = nxt
+        node[parts[-1]] = raw
+    return tree
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return data
+
+
+def resolve_config(
+    overrides: list[str] | None = None,
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    **top_level: Any,
+) -> RunConfig:
+    """Merge defaults, preset, file and overrides into a validated :class:`RunConfig`.
+
+    ``top_level`` carries command-line options such as ``task=`` and ``method=``; ``None`` values
+    are ignored. Sections ``task_args``/``method_args``/``backbone_args`` are checked later against
+    the chosen registry entries (:func:`mtlbench.resolve.resolve_run`).
+    """
+    tree: dict[str, Any] = {}
+    if config_file is not None:
+        tree = deep_merge(tree, load_config_file(config_file))
+    tree = deep_merge(tree, parse_overrides(overrides or []))
+    tree = deep_merge(tree, {k: v for k, v in top_level.items() if v is not None})
+    chosen = preset or tree.get("preset") or "quick"
+    if chosen not in PRESETS:
+        close = difflib.get_close_matches(str(chosen), list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown preset {chosen!r}{hint} (available: {', '.join(PRESETS)})")
+    merged = deep_merge(PRESETS[chosen], tree)
+    merged["preset"] = chosen
+    return build_dataclass(RunConfig, merged)
+
+
+def to_yaml(cfg_dict: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg_dict, sort_keys=False, default_flow_style=None)
+
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "DataConfig",
+    "RunConfig",
+    "TrainConfig",
+    "build_dataclass",
+    "coerce",
+    "config_hash",
+    "parse_overrides",
+    "resolve_config",
+]

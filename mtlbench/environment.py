@@ -1,0 +1,50 @@
+"""Where a run or benchmark ran: library versions, device, host."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = ("mtlbench", "torch", "timm", "dynamic-network-architectures", "numpy", "pyradiomics-bhklab", "SimpleITK")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"type": device.type, "host": platform.node(), "cpu": platform.processor() or platform.machine()}
+    info["threads"] = torch.get_num_threads()
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        info["name"] = torch.cuda.get_device_name(idx)
+        info["capability"] = ".".join(map(str, torch.cuda.get_device_capability(idx)))
+    else:
+        info["name"] = info["cpu"]
+    return info
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=path or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

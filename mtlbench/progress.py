@@ -1,0 +1,63 @@
+"""A rich progress bar for training: epoch, step, the running losses and images/s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class TrainingProgress:
+    """Live bar when ``live`` (``train.progress``); one summary line per epoch either way."""
+
+    def __init__(self, console: Console | None = None, live: bool = True) -> None:
+        self.console = console or Console(stderr=True)
+        self.live = live
+        self._progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"),
+            TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> TrainingProgress:
+        if self.live:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self._progress.stop()
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.live:
+            return
+        if self._task is not None:
+            self._progress.remove_task(self._task)
+        self._task = self._progress.add_task(
+            "train", total=steps, epoch=f"{epoch}/{epochs}", losses="", speed=""
+        )
+
+    def update(self, logs: dict[str, float], images_per_s: float) -> None:
+        if not self.live:
+            return
+        shown = {k.split("/")[-1]: v for k, v in logs.items() if k.startswith("loss/") or k == "rlar_penalty"}
+        text = " ".join(f"{k} {v:.3f}" for k, v in shown.items())
+        self._progress.update(self._task, advance=1, losses=text, speed=f"{images_per_s:.0f} img/s")
+
+    def end_epoch(self, record: dict[str, Any], monitor: str) -> None:
+        val = record["val"]
+        parts = [f"epoch {record['epoch']}"]
+        for key in ("dice", "f1", monitor):
+            if key in val and isinstance(val[key], (int, float)):
+                parts.append(f"val {key} {val[key]:.3f}")
+        parts.append(f"{record['images_per_s']:.0f} img/s")
+        if record["best"]:
+            parts.append("[green]best[/green]")
+        self.console.print("  ".join(dict.fromkeys(parts)))

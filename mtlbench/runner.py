@@ -1,0 +1,178 @@
+"""Run one experiment end to end: validate, build, train (or resume), evaluate, record.
+
+Everything that can be wrong with the input is checked in :func:`prepare_run` before a single
+file is written; training resumes from the last checkpoint when the run folder has one.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtlbench.config import ConfigError, RunConfig
+from mtlbench.environment import device_info, git_commit, versions
+from mtlbench.methods.base import MultiTaskMethod
+from mtlbench.model import MultiTaskModel
+from mtlbench.precision import Precision, pick_amp, pick_device
+from mtlbench.registry import create_backbone
+from mtlbench.resolve import ResolvedRun, resolve_run
+from mtlbench.results import RunFolder, update_index
+from mtlbench.tasks.base import TaskDefinition
+from mtlbench.trainer import Trainer, scalars, seed_everything
+
+
+@dataclass
+class PreparedRun:
+    resolved: ResolvedRun
+    task: TaskDefinition
+    method: MultiTaskMethod
+    model: MultiTaskModel
+    device: torch.device
+
+    @property
+    def config(self) -> RunConfig:
+        return self.resolved.config
+
+
+@dataclass
+class RunOutcome:
+    folder: RunFolder
+    result: dict[str, Any]
+    resumed: bool
+    already_finished: bool
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MTLBENCH_CACHE", Path.home() / ".cache" / "mtlbench"))
+
+
+def prepare_run(config: RunConfig) -> PreparedRun:
+    """Resolve and validate everything, and build the model; raises before any file is written."""
+    resolved = resolve_run(config)
+    cfg = resolved.config
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
+    task = resolved.task_entry.obj(resolved.task_params, cfg.data, cfg.seed, cache_dir)
+    task.check_data()
+    try:
+        method = resolved.method_entry.obj(task.task_names, resolved.method_params)
+    except ValueError as exc:
+        raise ConfigError(f"method_args: {exc}") from None
+    device = pick_device(cfg.train.device)
+    if cfg.train.monitor_mode not in ("max", "min"):
+        raise ConfigError(f"train.monitor_mode must be max or min, got {cfg.train.monitor_mode!r}")
+    seed_everything(cfg.seed)
+    try:
+        backbone = create_backbone(cfg.backbone, in_channels=1, **cfg.backbone_args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"backbone_args for {cfg.backbone!r}: {exc}") from None
+    multiple = backbone.input_multiple()
+    if cfg.data.image_size % multiple:
+        raise ConfigError(
+            f"data.image_size={cfg.data.image_size} is not a multiple of {multiple}, "
+            f"the deepest stride of backbone {cfg.backbone!r}"
+        )
+    model = MultiTaskModel(backbone, task.build_heads(backbone.contract))
+    return PreparedRun(resolved, task, method, model, device)
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return rss * scale / 2**20, "process_max_rss"
+
+
+def run_experiment(
+    config: RunConfig,
+    restart: bool = False,
+    progress: Any = None,
+    stop_after_epochs: int | None = None,
+    prepared: PreparedRun | None = None,
+) -> RunOutcome:
+    """Train (or resume) the configured run and write its results; see :mod:`mtlbench.results`."""
+    prep = prepared or prepare_run(config)
+    cfg = prep.config
+    folder = RunFolder.for_config(cfg)
+    if folder.is_finished() and not restart:
+        return RunOutcome(folder, folder.read_result(), resumed=False, already_finished=True)
+
+    started = time.perf_counter()
+    splits = prep.task.prepare(progress=cfg.train.progress)
+    device = prep.device
+    if cfg.train.deterministic:
+        torch.backends.cudnn.benchmark = False
+    model = prep.model.to(device)
+    method = prep.method.to(device)
+    precision = Precision.create(device, pick_amp(cfg.train.amp, device))
+    folder.create(cfg)
+    if restart:
+        folder.reset()
+    trainer = Trainer(cfg, prep.task, model, method, splits, folder, precision)
+    resumed = folder.has_checkpoint()
+    if resumed:
+        trainer.restore(folder.load_checkpoint("last"))
+        folder.truncate_metrics(trainer.state.epoch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    trainer.fit(progress=progress, stop_after_epochs=stop_after_epochs)
+
+    best = folder.load_checkpoint("best")
+    model.load_state_dict(best["model"])
+    metrics = {"val": trainer.evaluate(splits.val)}
+    if splits.test is not None:
+        metrics["test"] = trainer.evaluate(splits.test)
+    state = trainer.state
+    peak, peak_kind = peak_memory_mb(device)
+    result = {
+        "run_id": folder.run_id,
+        "task": cfg.task,
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "best_epoch": state.best_epoch,
+        "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode, "best": state.best_value},
+        "metrics": metrics,
+        "epochs": state.epoch,
+        "steps": state.global_step,
+        "skipped_steps": state.skipped_steps,
+        "train_time_s": state.train_time_s,
+        "wall_time_s": time.perf_counter() - started,
+        "mean_step_time_s": state.step_time_sum / max(state.step_count, 1),
+        "peak_memory_mb": peak,
+        "peak_memory_kind": peak_kind,
+        "precision": precision.mode,
+        "resumed": resumed,
+        "data": splits.info,
+        "versions": versions(),
+        "device": device_info(device),
+        "git_commit": git_commit(),
+        "config": cfg.to_dict(),
+    }
+    folder.write_result(result)
+    update_index(
+        cfg.output_dir,
+        {
+            "run_id": folder.run_id,
+            "task": cfg.task,
+            "method": cfg.method,
+            "backbone": cfg.backbone,
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "path": str(folder.root),
+            "metrics": {split: scalars(m) for split, m in metrics.items()},
+            "mean_step_time_s": result["mean_step_time_s"],
+            "peak_memory_mb": peak,
+            "device": result["device"]["name"],
+        },
+    )
+    return RunOutcome(folder, result, resumed=resumed, already_finished=False)

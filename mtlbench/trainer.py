@@ -1,0 +1,275 @@
+"""The common trainer: one loop for every method, backbone and task.
+
+Epochs × steps per epoch, batches drawn with replacement by a generator seeded per epoch (so a
+resumed run draws exactly the batches an uninterrupted one would), validation every epoch, the
+best checkpoint by a configurable validation metric, the last checkpoint every epoch for resuming.
+The method owns the backward pass; the trainer owns everything else (autocast, loss scaling,
+clipping, the optimizer step, logging).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mtlbench.config import RunConfig
+from mtlbench.methods.base import MultiTaskMethod, StepInputs
+from mtlbench.model import MultiTaskModel
+from mtlbench.precision import Precision
+from mtlbench.results import RunFolder
+from mtlbench.tasks.base import DataSplits, TaskDefinition
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A task loss became NaN or infinite outside fp16 loss scaling."""
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training early (used to simulate an interruption in tests)."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # the next epoch to run
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    skipped_steps: int = 0
+    step_time_sum: float = 0.0
+    step_count: int = 0
+    train_time_s: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_batches(n: int, steps: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices for one epoch: ``steps`` batches drawn with replacement, seeded by (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    idx = torch.randint(0, n, (steps, batch_size), generator=gen)
+    return idx.tolist()
+
+
+def eval_batches(n: int, batch_size: int, max_batches: int | None) -> list[list[int]]:
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return batches if max_batches is None else batches[:max_batches]
+
+
+def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig,
+        task: TaskDefinition,
+        model: MultiTaskModel,
+        method: MultiTaskMethod,
+        splits: DataSplits,
+        folder: RunFolder,
+        precision: Precision,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.model = model
+        self.method = method
+        self.splits = splits
+        self.folder = folder
+        self.precision = precision
+        self.device = precision.device
+        tc = config.train
+        params = list(model.parameters()) + [p for p in method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.betas)
+        self.state = TrainState()
+        self.weights = task.loss_weights()
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "state": asdict(self.state),
+            "rng": _rng_state(),
+            "run_id": self.folder.run_id,
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.method.load_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.precision.load_state_dict(ckpt["precision"])
+        self.state = TrainState(**ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, dataset: Dataset, batches: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:
+        loader = DataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for batch in loader:
+            yield move(batch, self.device)
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """Forward, the method's backward, clipping, optimizer step. ``None`` if fp16 skipped it."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            output = self.model(batch["image"])
+            losses = self.task.compute_losses(output, batch)
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
+        if bad:
+            if self.precision.mode == "fp16":
+                return None
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.state.epoch + 1}, step {self.state.global_step + 1}: {bad}; "
+                "lower train.lr, set train.grad_clip, or check the data"
+            )
+        inputs = StepInputs(
+            losses=losses,
+            weights=self.weights,
+            shared_parameters=self.model.shared_parameters(),
+            representations=output.representations,
+            step=self.state.global_step,
+            scale=self.precision.scale,
+        )
+        logs = self.method.backward(inputs)
+        if self.config.train.grad_clip is not None:
+            self.precision.unscale(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        if not self.precision.step(self.optimizer):
+            return None
+        out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
+        out.update(logs)
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, max_batches: int | None = None) -> dict[str, Any]:
+        self.model.eval()
+        evaluator = self.task.evaluator()
+        batches = eval_batches(len(dataset), self.config.train.eval_batch_size, max_batches)
+        for batch in self._loader(dataset, batches):
+            with self.precision.autocast():
+                output = self.model(batch["image"])
+            evaluator.update(output, batch)
+        self.model.train()
+        return evaluator.compute()
+
+    def _improved(self, value: float) -> bool:
+        best = self.state.best_value
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value > best if self.config.train.monitor_mode == "max" else value < best
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, progress: Any = None, stop_after_epochs: int | None = None) -> TrainState:
+        """Train from ``self.state.epoch`` to the configured number of epochs.
+
+        ``stop_after_epochs`` ends the session after that many epochs of this call, as an
+        interruption would (the last checkpoint is already on disk).
+        """
+        tc = self.config.train
+        n_train = len(self.splits.train)
+        monitor = tc.monitor
+        epochs_this_call = 0
+        self.model.train()
+        while self.state.epoch < tc.epochs:
+            epoch = self.state.epoch
+            t_epoch = time.perf_counter()
+            sums: dict[str, float] = defaultdict(float)
+            counts: dict[str, int] = defaultdict(int)
+            batches = epoch_batches(n_train, tc.steps_per_epoch, tc.batch_size, self.config.seed, epoch)
+            images = 0
+            if progress is not None:
+                progress.start_epoch(epoch + 1, tc.epochs, tc.steps_per_epoch)
+            for batch in self._loader(self.splits.train, batches):
+                t0 = time.perf_counter()
+                logs = self.train_step(batch)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                dt = time.perf_counter() - t0
+                self.state.global_step += 1
+                self.state.step_time_sum += dt
+                self.state.step_count += 1
+                images += len(batch["image"])
+                if logs is None:
+                    self.state.skipped_steps += 1
+                    continue
+                for k, v in logs.items():
+                    sums[k] += v
+                    counts[k] += 1
+                if progress is not None:
+                    progress.update(logs, images / max(time.perf_counter() - t_epoch, 1e-9))
+            train_time = time.perf_counter() - t_epoch
+            val = self.evaluate(self.splits.val, tc.val_steps)
+            if monitor not in val:
+                raise KeyError(
+                    f"train.monitor {monitor!r} is not a validation metric (available: {', '.join(scalars(val))})"
+                )
+            self.state.epoch = epoch + 1
+            self.state.train_time_s += train_time
+            value = float(val[monitor])
+            improved = self._improved(value)
+            if improved:
+                self.state.best_value = value
+                self.state.best_epoch = epoch + 1
+            record = {
+                "epoch": epoch + 1,
+                "global_step": self.state.global_step,
+                "train": {k: sums[k] / counts[k] for k in sums},
+                "val": val,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_train_time_s": train_time,
+                "images_per_s": images / max(train_time, 1e-9),
+                "skipped_steps": self.state.skipped_steps,
+                "best": improved,
+            }
+            self.folder.log_metrics(record)
+            ckpt = self.checkpoint()
+            if improved:
+                self.folder.save_checkpoint("best", ckpt)
+            self.folder.save_checkpoint("last", ckpt)
+            if progress is not None:
+                progress.end_epoch(record, monitor)
+            epochs_this_call += 1
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                raise StopTraining(f"stopped after {epochs_this_call} epoch(s) as requested")
+        return self.state

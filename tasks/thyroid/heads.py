@@ -1,0 +1,54 @@
+"""The thyroid task's heads: U-Net segmentation decoder and the clinically guided classifier."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mtlbench.backbones.contract import FeatureContract
+from mtlbench.heads import UNetDecoder
+
+
+class SegmentationHead(nn.Module):
+    """Nodule mask logits (B, 1, H, W) at the input resolution."""
+
+    def __init__(self, contract: FeatureContract) -> None:
+        super().__init__()
+        self.decoder = UNetDecoder(contract, out_channels=1)
+        self.finest_stride = contract.strides()[0]
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        h, w = features[0].shape[-2:]
+        size = (h * self.finest_stride, w * self.finest_stride)
+        return self.decoder(features, output_size=size)
+
+
+class ClinicallyGuidedClassifier(nn.Module):
+    """Paper Eq. 1–2: bottleneck → embedding ``h = [h_tirads, h_deep]`` (K dims) → logits ``W h + b``.
+
+    The first ``n_clinical`` embedding dimensions form the clinically guided slice ``h_tirads``,
+    regressed onto standardised radiomics targets during training only; ``h_deep`` holds the
+    remaining ``K − n_clinical`` free features. Both feed the final linear classifier ``W``.
+    No batch normalisation, so samples stay independent (per-sample representation gradients).
+    """
+
+    def __init__(self, contract: FeatureContract, num_classes: int, embedding_dim: int, n_clinical: int,
+                 hidden: int = 128, dropout: float = 0.0) -> None:
+        super().__init__()
+        if embedding_dim <= n_clinical:
+            raise ValueError(
+                f"embedding_dim must exceed the {n_clinical} clinical features, got embedding_dim={embedding_dim}"
+            )
+        self.n_clinical = n_clinical
+        self.embed = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(contract.bottleneck.channels, hidden),
+            nn.LeakyReLU(0.01),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, embedding_dim),
+        )
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        h = self.embed(features[-1])
+        return {"h": h, "h_tirads": h[:, : self.n_clinical], "logits": self.classifier(h)}

@@ -1,0 +1,93 @@
+"""The common trainer: a full run's outputs, resuming, non-finite losses, mixed precision."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mtlbench.config import resolve_config
+from mtlbench.resolve import resolve_run
+from mtlbench.results import read_index
+from mtlbench.runner import prepare_run, run_experiment
+from mtlbench.trainer import NonFiniteLossError, StopTraining, epoch_batches
+from tests.tiny import tiny_run_overrides
+
+
+def test_run_writes_every_result_file(tmp_path) -> None:
+    cfg = resolve_config(tiny_run_overrides(tmp_path), method="rlar")
+    outcome = run_experiment(cfg)
+    root = outcome.folder.root
+    assert root.parent == tmp_path / "runs" / "thyroid"
+    for name in ("config.yaml", "metrics.jsonl", "result.json", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (root / name).is_file(), name
+    lines = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert "rlar_penalty" in lines[0]["train"] and "loss/seg" in lines[0]["train"]
+    result = json.loads((root / "result.json").read_text())
+    for split in ("val", "test"):
+        m = result["metrics"][split]
+        for key in ("dice", "iou", "hd95", "precision", "recall", "f1", "confusion", "clinical_mse"):
+            assert key in m, (split, key)
+    for key in ("wall_time_s", "mean_step_time_s", "peak_memory_mb", "versions", "device", "run_id"):
+        assert key in result
+    assert result["run_id"] == outcome.folder.run_id == resolve_run(cfg).run_id
+    assert result["steps"] == 6
+    index = read_index(tmp_path / "runs")
+    assert [r["run_id"] for r in index] == [result["run_id"]]
+    # a second call finds the finished run and does not train again
+    again = run_experiment(cfg)
+    assert again.already_finished and again.result["run_id"] == result["run_id"]
+
+
+@pytest.mark.parametrize("method", ["vanilla", "rlar"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, method: str) -> None:
+    straight = resolve_config(tiny_run_overrides(tmp_path / "a"), method=method)
+    interrupted = resolve_config(tiny_run_overrides(tmp_path / "b"), method=method)
+    run_experiment(straight)
+    with pytest.raises(StopTraining):
+        run_experiment(interrupted, stop_after_epochs=2)
+    outcome = run_experiment(interrupted)
+    assert outcome.resumed
+    a = torch.load(tmp_path / "a" / "runs" / "thyroid" / outcome.folder.root.name / "checkpoints" / "last.pt",
+                   weights_only=False)
+    b = torch.load(outcome.folder.checkpoint_path("last"), weights_only=False)
+    assert a["state"]["global_step"] == b["state"]["global_step"] == 6
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    epochs = [json.loads(line)["epoch"] for line in outcome.folder.metrics_path.read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+def test_batches_depend_only_on_seed_and_epoch() -> None:
+    assert epoch_batches(100, 3, 4, seed=1, epoch=5) == epoch_batches(100, 3, 4, seed=1, epoch=5)
+    assert epoch_batches(100, 3, 4, seed=1, epoch=5) != epoch_batches(100, 3, 4, seed=1, epoch=6)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, monkeypatch) -> None:
+    cfg = resolve_config(tiny_run_overrides(tmp_path), method="vanilla")
+    prepared = prepare_run(cfg)
+    original = prepared.task.compute_losses
+
+    def poisoned(output, batch):  # type: ignore[no-untyped-def]
+        losses = original(output, batch)
+        losses["cls"] = losses["cls"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(prepared.task, "compute_losses", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, step 1: \{'cls': nan\}"):
+        run_experiment(cfg, prepared=prepared)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu(tmp_path, amp: str) -> None:
+    cfg = resolve_config(tiny_run_overrides(tmp_path, **{"train.amp": amp, "train.epochs": 1}), method="rlar")
+    outcome = run_experiment(cfg)
+    assert outcome.result["precision"] == amp
+    assert outcome.result["steps"] == 2
+    line = json.loads(outcome.folder.metrics_path.read_text().splitlines()[0])
+    if amp == "bf16":
+        assert line["skipped_steps"] == 0
+    for value in line["train"].values():
+        assert value == value  # not NaN
