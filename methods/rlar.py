@@ -115,7 +115,9 @@ def representation_gradients(loss: Tensor, targets: Sequence[Tensor]) -> list[Te
     return [torch.zeros_like(z) if g is None else g for z, g in zip(targets, grads)]
 
 
-def rlar_penalty(losses: Sequence[Tensor], representation: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def rlar_penalty(
+    losses: Sequence[Tensor], representation: Tensor | Sequence[Tensor]
+) -> tuple[Tensor, Tensor]:
     """The unweighted RLAR penalty (Eq. 6 without λ_adv) and the per-pair mean |cos|."""
     targets = [representation] if isinstance(representation, Tensor) else list(representation)
     directions = [per_sample_directions(representation_gradients(loss, targets)) for loss in losses]
@@ -146,7 +148,8 @@ class RLAR(MultiTaskMethod):
         name = self.params.representation
         if name not in inputs.representations:
             raise KeyError(
-                f"representation {name!r} is not provided by the model (has: {', '.join(inputs.representations)})"
+                f"representation {name!r} is not provided by the model "
+                f"(has: {', '.join(inputs.representations)})"
             )
         rep = inputs.representations[name]
         scaled_losses = [inputs.scale(inputs.losses[t]) for t in self.task_names]

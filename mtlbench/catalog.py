@@ -11,7 +11,7 @@ BUILTIN: dict[str, dict[str, tuple[str, str]]] = {
     "tasks": {
         "thyroid": (
             "mtlbench.tasks.thyroid.task",
-            "Thyroid ultrasound: nodule segmentation, ACR TI-RADS grading and the clinically guided radiomics slice.",
+            "Thyroid ultrasound: nodule segmentation, TI-RADS grading, clinically guided radiomics slice.",
         ),
     },
     "methods": {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,13 +36,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 OverridesArg = Annotated[
-    Optional[list[str]], typer.Argument(help="Config overrides key=value, e.g. train.epochs=5 data.root=/data")
+    list[str] | None, typer.Argument(help="Config overrides key=value, e.g. train.epochs=5 data.root=/data")
 ]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", "-t", help="Task name (see `mtlbench list tasks`).")]
-MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="Method name (see `mtlbench list methods`).")]
-BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", "-b", help="Backbone name.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with settings.")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="quick (CPU try-out) or paper.")]
+TaskOpt = Annotated[str | None, typer.Option("--task", "-t", help="Task name (see `mtlbench list tasks`).")]
+MethodOpt = Annotated[
+    str | None, typer.Option("--method", "-m", help="Method name (see `mtlbench list methods`).")
+]
+BackboneOpt = Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with settings.")]
+PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="quick (CPU try-out) or paper.")]
 
 
 def _resolve(task, method, backbone, config, preset, overrides):  # type: ignore[no-untyped-def]
@@ -50,7 +52,12 @@ def _resolve(task, method, backbone, config, preset, overrides):  # type: ignore
     from mtlbench.resolve import resolve_run
 
     cfg = resolve_config(
-        overrides=overrides or [], config_file=config, preset=preset, task=task, method=method, backbone=backbone
+        overrides=overrides or [],
+        config_file=config,
+        preset=preset,
+        task=task,
+        method=method,
+        backbone=backbone,
     )
     return resolve_run(cfg)
 
@@ -63,7 +70,9 @@ def run(
     backbone: BackboneOpt = None,
     config: ConfigOpt = None,
     preset: PresetOpt = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard an earlier attempt and start over.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard an earlier attempt and start over.")
+    ] = False,
 ) -> None:
     """Train one task with one method and backbone; resumes an interrupted run with the same config."""
     errors = _user_errors()
@@ -72,7 +81,12 @@ def run(
         from mtlbench.runner import prepare_run
 
         cfg = resolve_config(
-            overrides=overrides or [], config_file=config, preset=preset, task=task, method=method, backbone=backbone
+            overrides=overrides or [],
+            config_file=config,
+            preset=preset,
+            task=task,
+            method=method,
+            backbone=backbone,
         )
         prepared = prepare_run(cfg)
     except errors as exc:
@@ -102,10 +116,14 @@ def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyp
         _fail(str(exc), EXIT_FAILED)
         return
     except KeyboardInterrupt:
-        typer.echo("interrupted: the last finished epoch is saved; run the same command again to resume", err=True)
+        typer.echo(
+            "interrupted: the last finished epoch is saved; run the same command again to resume", err=True
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if outcome.already_finished:
-        console.print("this configuration has already finished; showing its result (use --restart to train again)")
+        console.print(
+            "this configuration has already finished; showing its result (use --restart to train again)"
+        )
     elif outcome.resumed:
         console.print("resumed from the last checkpoint")
     console.print(summary_table(outcome.result, prepared.task.summary_metrics))
@@ -119,7 +137,9 @@ def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyp
 
 @app.command("list")
 def list_entries(
-    kind: Annotated[Optional[str], typer.Argument(help="tasks, methods or backbones (default: all three).")] = None,
+    kind: Annotated[
+        str | None, typer.Argument(help="tasks, methods or backbones (default: all three).")
+    ] = None,
     pattern: Annotated[str, typer.Option("--filter", "-f", help="Wildcard on names, e.g. '*unet*'.")] = "*",
 ) -> None:
     """List registered tasks, methods and backbones with a one-line description each."""

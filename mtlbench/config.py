@@ -30,9 +30,9 @@ class DataConfig:
     root: str | None = None
     format: str = "phantom"
     image_size: int = 64
-    num_train: int = 480
-    num_val: int = 96
-    num_test: int = 96
+    num_train: int = 800
+    num_val: int = 200
+    num_test: int = 200
     phantom_seed: int = 0
     cache_dir: str | None = None
     num_workers: int = 0
@@ -43,7 +43,7 @@ class DataConfig:
 class TrainConfig:
     """How the common trainer runs; identical for every method."""
 
-    epochs: int = 12
+    epochs: int = 14
     steps_per_epoch: int = 40
     val_steps: int | None = None
     batch_size: int = 16
@@ -84,7 +84,13 @@ class RunConfig:
 
 
 # Keys that do not change what a run computes: excluded from the run id.
-NON_IDENTITY_KEYS = ("output_dir", "train.progress", "data.num_workers", "data.radiomics_workers", "data.cache_dir")
+NON_IDENTITY_KEYS = (
+    "output_dir",
+    "train.progress",
+    "data.num_workers",
+    "data.radiomics_workers",
+    "data.cache_dir",
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A CPU try-out: small images, a small U-Net, a few minutes on a laptop.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -10,7 +12,15 @@ from typing import Any
 
 import torch
 
-PACKAGES = ("mtlbench", "torch", "timm", "dynamic-network-architectures", "numpy", "pyradiomics-bhklab", "SimpleITK")
+PACKAGES = (
+    "mtlbench",
+    "torch",
+    "timm",
+    "dynamic-network-architectures",
+    "numpy",
+    "pyradiomics-bhklab",
+    "SimpleITK",
+)
 
 
 def versions() -> dict[str, str]:
@@ -24,8 +34,24 @@ def versions() -> dict[str, str]:
     return out
 
 
+def cpu_name() -> str:
+    """The CPU model as the OS reports it (``/proc/cpuinfo`` on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"type": device.type, "host": platform.node(), "cpu": platform.processor() or platform.machine()}
+    info: dict[str, Any] = {
+        "type": device.type,
+        "host": platform.node(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+    }
     info["threads"] = torch.get_num_threads()
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()

@@ -20,7 +20,9 @@ def pick_device(setting: str) -> torch.device:
     try:
         device = torch.device(setting)
     except RuntimeError:
-        raise ConfigError(f"train.device: {setting!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+        raise ConfigError(
+            f"train.device: {setting!r} is not a device (use auto, cpu, cuda or cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {setting!r} but CUDA is not available on this machine")
     return device

@@ -13,9 +13,10 @@ import difflib
 import fnmatch
 import importlib
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .catalog import BUILTIN
 

@@ -73,7 +73,9 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
     backbone_entry = BACKBONES.get(config.backbone)
 
     task_params, task_args = _params_from_dataclass(task_entry.obj.Params, config.task_args, "task_args")
-    method_params, method_args = _params_from_dataclass(method_entry.obj.Params, config.method_args, "method_args")
+    method_params, method_args = _params_from_dataclass(
+        method_entry.obj.Params, config.method_args, "method_args"
+    )
     backbone_args = _kwargs_from_signature(backbone_entry.obj, config.backbone_args, "backbone_args")
     resolved = replace(config, task_args=task_args, method_args=method_args, backbone_args=backbone_args)
     return ResolvedRun(resolved, task_entry, method_entry, backbone_entry, task_params, method_params)

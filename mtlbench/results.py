@@ -56,7 +56,12 @@ class RunFolder:
 
     def reset(self) -> None:
         """Forget a previous attempt (``--restart``): metrics, checkpoints and result."""
-        for path in (self.metrics_path, self.result_path, self.checkpoint_path("last"), self.checkpoint_path("best")):
+        for path in (
+            self.metrics_path,
+            self.result_path,
+            self.checkpoint_path("last"),
+            self.checkpoint_path("best"),
+        ):
             path.unlink(missing_ok=True)
 
     def log_metrics(self, record: dict[str, Any]) -> None:

@@ -125,8 +125,9 @@ def run_experiment(
 
     trainer.fit(progress=progress, stop_after_epochs=stop_after_epochs)
 
-    best = folder.load_checkpoint("best")
-    model.load_state_dict(best["model"])
+    # The best checkpoint by the monitored metric; the last one if the metric was never finite.
+    final = "best" if folder.checkpoint_path("best").is_file() else "last"
+    model.load_state_dict(folder.load_checkpoint(final)["model"])
     metrics = {"val": trainer.evaluate(splits.val)}
     if splits.test is not None:
         metrics["test"] = trainer.evaluate(splits.test)
@@ -140,6 +141,7 @@ def run_experiment(
         "preset": cfg.preset,
         "seed": cfg.seed,
         "best_epoch": state.best_epoch,
+        "evaluated_checkpoint": final,
         "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode, "best": state.best_value},
         "metrics": metrics,
         "epochs": state.epoch,

@@ -15,7 +15,9 @@ def format_metric(value: Any) -> str:
 
 
 def summary_table(result: dict[str, Any], columns: Sequence[tuple[str, str]]) -> Table:
-    table = Table(title=f"{result['task']} · {result['method']} · {result['backbone']} · run {result['run_id']}")
+    table = Table(
+        title=f"{result['task']} · {result['method']} · {result['backbone']} · run {result['run_id']}"
+    )
     table.add_column("split", style="bold")
     for _, header in columns:
         table.add_column(header, justify="right")

@@ -88,7 +88,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class Trainer:
@@ -242,7 +244,8 @@ class Trainer:
             val = self.evaluate(self.splits.val, tc.val_steps)
             if monitor not in val:
                 raise KeyError(
-                    f"train.monitor {monitor!r} is not a validation metric (available: {', '.join(scalars(val))})"
+                    f"train.monitor {monitor!r} is not a validation metric "
+                    f"(available: {', '.join(scalars(val))})"
                 )
             self.state.epoch = epoch + 1
             self.state.train_time_s += train_time

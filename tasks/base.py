@@ -15,7 +15,6 @@ from mtlbench.config import DataConfig
 from mtlbench.errors import DataError
 from mtlbench.model import ModelOutput
 
-
 __all__ = ["DataError", "DataSplits", "Evaluator", "TaskDefinition"]
 
 
@@ -53,7 +52,7 @@ class TaskDefinition(ABC):
     def task_names(self) -> tuple[str, ...]:
         """Names of the losses this task produces, e.g. ``("seg", "cls", "clin")``."""
 
-    def check_data(self) -> None:
+    def check_data(self) -> None:  # noqa: B027  (optional hook)
         """Cheap validation of the data settings before anything is written (raise DataError)."""
 
     @abstractmethod

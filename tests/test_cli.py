@@ -15,7 +15,12 @@ from tests.tiny import tiny_run_overrides
 def mtlbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MTLBENCH_CACHE": str(cwd / "cache"), "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-m", "mtlbench.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "mtlbench.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -34,16 +39,23 @@ def test_list_shows_descriptions_without_torch(tmp_path) -> None:
         "r = CliRunner().invoke(app, ['list']); assert r.exit_code == 0, r.output; "
         "assert 'torch' not in sys.modules; print(r.output)"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True, text=True,
-                         env={**os.environ, "COLUMNS": "200"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     for name in ("thyroid", "rlar", "vanilla", "unet_small", "nnunet_plain", "timm"):
         assert name in out.stdout
     assert "Representation-level adversarial regulariser" in out.stdout
 
 
 def test_config_show_prints_resolved_yaml(tmp_path) -> None:
-    result = mtlbench("config", "show", "--task", "thyroid", "--method", "rlar", "method_args.lambda_adv=0.25",
-                      cwd=tmp_path)
+    result = mtlbench(
+        "config", "show", "--task", "thyroid", "--method", "rlar", "method_args.lambda_adv=0.25", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# run id: ")
     assert "lambda_adv: 0.25" in result.stdout and "representation: bottleneck" in result.stdout
@@ -57,7 +69,10 @@ def test_config_show_prints_resolved_yaml(tmp_path) -> None:
         (["--backbone", "unet_smal"], "unknown backbone 'unet_smal'; did you mean 'unet_small'"),
         (["train.epohcs=2"], "unknown config key 'train.epohcs'; did you mean train.epochs"),
         (["train.epochs=two"], "train.epochs: expected an integer, got 'two'"),
-        (["data.root=/no/such/ThyroidXL", "data.format=phantom"], "data.root '/no/such/ThyroidXL' does not exist"),
+        (
+            ["data.root=/no/such/ThyroidXL", "data.format=phantom"],
+            "data.root '/no/such/ThyroidXL' does not exist",
+        ),
         (["method_args.lambda_adv=-1"], "`lambda_adv = -1.0`"),
     ],
 )
@@ -72,8 +87,15 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args: list[str
 
 
 def test_run_ends_with_a_table_and_the_run_folder(tmp_path) -> None:
-    result = mtlbench("run", "--task", "thyroid", "--method", "vanilla",
-                      *tiny_run_overrides(tmp_path, **{"train.epochs": 1}), cwd=tmp_path)
+    result = mtlbench(
+        "run",
+        "--task",
+        "thyroid",
+        "--method",
+        "vanilla",
+        *tiny_run_overrides(tmp_path, **{"train.epochs": 1}),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     for header in ("Dice", "IoU", "HD95", "Precision", "Recall", "F1"):
         assert header in result.stdout

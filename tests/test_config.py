@@ -24,7 +24,9 @@ def test_paper_preset_matches_the_paper() -> None:
 
 
 def test_overrides_are_typed() -> None:
-    cfg = resolve_config(["train.epochs=3", "train.lr=1e-3", "train.grad_clip=none", "train.betas=[0.8, 0.9]"])
+    cfg = resolve_config(
+        ["train.epochs=3", "train.lr=1e-3", "train.grad_clip=none", "train.betas=[0.8, 0.9]"]
+    )
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.train.lr == pytest.approx(1e-3)
     assert cfg.train.grad_clip is None

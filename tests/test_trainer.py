@@ -50,8 +50,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, method:
         run_experiment(interrupted, stop_after_epochs=2)
     outcome = run_experiment(interrupted)
     assert outcome.resumed
-    a = torch.load(tmp_path / "a" / "runs" / "thyroid" / outcome.folder.root.name / "checkpoints" / "last.pt",
-                   weights_only=False)
+    a = torch.load(
+        tmp_path / "a" / "runs" / "thyroid" / outcome.folder.root.name / "checkpoints" / "last.pt",
+        weights_only=False,
+    )
     b = torch.load(outcome.folder.checkpoint_path("last"), weights_only=False)
     assert a["state"]["global_step"] == b["state"]["global_step"] == 6
     for key, tensor in a["model"].items():

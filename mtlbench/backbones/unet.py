@@ -66,7 +66,7 @@ class UNetEncoder(Backbone):
 def unet_small(
     in_channels: int = 1,
     *,
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128),
     convs_per_stage: int = 2,
     pretrained: str | None = None,
 ) -> UNetEncoder:

@@ -27,11 +27,14 @@ def radiomics_statistics(train_features: np.ndarray) -> tuple[np.ndarray, np.nda
 class ThyroidArrays(Dataset):
     """Samples from arrays: images/masks (N,H,W) uint8, labels (N,) 0-based class, clinical (N,13)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, clinical: np.ndarray) -> None:
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, clinical: np.ndarray
+    ) -> None:
         n = len(images)
         if not (len(masks) == len(labels) == len(clinical) == n):
             raise ValueError(
-                f"inconsistent lengths: images {n}, masks {len(masks)}, labels {len(labels)}, clinical {len(clinical)}"
+                f"inconsistent lengths: images {n}, masks {len(masks)}, "
+                f"labels {len(labels)}, clinical {len(clinical)}"
             )
         self.images = images
         self.masks = masks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
@@ -23,7 +24,7 @@ class SegmentationHead(nn.Module):
 
 
 class ClinicallyGuidedClassifier(nn.Module):
-    """Paper Eq. 1–2: bottleneck → embedding ``h = [h_tirads, h_deep]`` (K dims) → logits ``W h + b``.
+    """Paper Eq. 1–2: bottleneck (average- and max-pooled) → embedding ``h = [h_tirads, h_deep]`` (K dims) → logits ``W h + b``.
 
     The first ``n_clinical`` embedding dimensions form the clinically guided slice ``h_tirads``,
     regressed onto standardised radiomics targets during training only; ``h_deep`` holds the
@@ -31,18 +32,24 @@ class ClinicallyGuidedClassifier(nn.Module):
     No batch normalisation, so samples stay independent (per-sample representation gradients).
     """
 
-    def __init__(self, contract: FeatureContract, num_classes: int, embedding_dim: int, n_clinical: int,
-                 hidden: int = 128, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        contract: FeatureContract,
+        num_classes: int,
+        embedding_dim: int,
+        n_clinical: int,
+        hidden: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if embedding_dim <= n_clinical:
             raise ValueError(
-                f"embedding_dim must exceed the {n_clinical} clinical features, got embedding_dim={embedding_dim}"
+                f"embedding_dim must exceed the {n_clinical} clinical features, "
+                f"got embedding_dim={embedding_dim}"
             )
         self.n_clinical = n_clinical
         self.embed = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(contract.bottleneck.channels, hidden),
+            nn.Linear(2 * contract.bottleneck.channels, hidden),
             nn.LeakyReLU(0.01),
             nn.Dropout(dropout),
             nn.Linear(hidden, embedding_dim),
@@ -50,5 +57,8 @@ class ClinicallyGuidedClassifier(nn.Module):
         self.classifier = nn.Linear(embedding_dim, num_classes)
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        h = self.embed(features[-1])
+        z = features[-1]
+        # Average and max pooling: the max keeps small bright findings (echogenic foci) visible.
+        pooled = torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1)
+        h = self.embed(pooled)
         return {"h": h, "h_tirads": h[:, : self.n_clinical], "logits": self.classifier(h)}

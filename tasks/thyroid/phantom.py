@@ -15,7 +15,7 @@ The image is built the way a scanner forms one (``spec/data.md``, "A synthetic p
      iso 1.0 (coarser texture and a thin hypoechoic halo, as iso nodules are seen in practice), hypo 0.2,
      very hypo 0.05 (darker than the strap muscle at 0.12), anechoic fluid 0.004;
    - shape: depth/width ratio of the mask's bounding box < 0.9 (wider-than-tall) or > 1.1 (taller);
-   - margin: smooth ellipse, ill-defined (soft edge), lobulated (Fourier bumps), irregular (spiculated)
+   - margin: smooth ellipse, ill-defined (soft edge), lobulated (smooth bulges), irregular (spiculated)
      or extrathyroidal extension (an irregular contour that crosses the capsule into the strap muscle);
    - echogenic foci: punctate (bright dots without shadow), peripheral rim (a bright arc on the anterior
      contour with a partial shadow), macrocalcification (bright blobs with an acoustic shadow beneath),

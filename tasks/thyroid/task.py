@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
@@ -17,7 +18,6 @@ from mtlbench.losses import balanced_class_weights, masked_mse, soft_dice_loss
 from mtlbench.metrics import ClassificationMeter, RegressionMeter, SegmentationMeter
 from mtlbench.model import ModelOutput
 from mtlbench.registry import register_task
-from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 
 from .dataset import ThyroidArrays, radiomics_statistics, standardise
 from .heads import ClinicallyGuidedClassifier, SegmentationHead
@@ -86,7 +86,7 @@ class ThyroidEvaluator:
 
 @register_task("thyroid")
 class ThyroidTask(TaskDefinition):
-    """Thyroid ultrasound: nodule segmentation, ACR TI-RADS grading and the clinically guided radiomics slice."""
+    """Thyroid ultrasound: nodule segmentation, TI-RADS grading, clinically guided radiomics slice."""
 
     Params = ThyroidParams
     summary_metrics = (
@@ -116,13 +116,16 @@ class ThyroidTask(TaskDefinition):
     def check_data(self) -> None:
         d = self.data_config
         if d.format not in DATA_FORMATS:
-            raise DataError(f"unknown data.format {d.format!r} for task thyroid (available: {', '.join(DATA_FORMATS)})")
+            raise DataError(
+                f"unknown data.format {d.format!r} for task thyroid (available: {', '.join(DATA_FORMATS)})"
+            )
         if d.root is not None:
             if not Path(d.root).exists():
                 raise DataError(f"data.root {d.root!r} does not exist")
             if d.format == "phantom":
                 raise DataError(
-                    f"data.root is set to {d.root!r} but data.format is 'phantom' (the synthetic phantom needs no "
+                    f"data.root is set to {d.root!r} but data.format is 'phantom' "
+                    "(the synthetic phantom needs no "
                     "root); set data.format to the layout of the data set, or drop data.root"
                 )
         if d.image_size < 16:
@@ -137,10 +140,14 @@ class ThyroidTask(TaskDefinition):
 
         d = self.data_config
         n_train, n_val, n_test = d.num_train, d.num_val, d.num_test
-        phantom = generate_phantom(n_train + n_val + n_test, PhantomConfig(size=d.image_size, seed=d.phantom_seed))
+        phantom = generate_phantom(
+            n_train + n_val + n_test, PhantomConfig(size=d.image_size, seed=d.phantom_seed)
+        )
         images, masks = phantom.images, phantom.masks
         labels = phantom.levels.astype(np.int64) - 1
-        features = cached_features(images, masks, self.cache_dir, workers=d.radiomics_workers, progress=progress)
+        features = cached_features(
+            images, masks, self.cache_dir, workers=d.radiomics_workers, progress=progress
+        )
         train = slice(0, n_train)
         mean, std = radiomics_statistics(features[train])
         clinical = standardise(features, mean, std)

@@ -16,17 +16,8 @@ from torch import Tensor, nn
 import mtlbench.backbones  # noqa: F401  (registers the built-ins)
 from mtlbench.backbones import Backbone
 from mtlbench.registry import BACKBONES, UnknownNameError, create_backbone, list_backbones
+from tests.tiny import SMALL_BACKBONE_OPTIONS as SMALL_OPTIONS
 
-SMALL_OPTIONS: dict[str, dict[str, Any]] = {
-    "unet_small": {"widths": (8, 16, 32, 64)},
-    "nnunet_plain": {"n_stages": 4, "features_per_stage": (8, 16, 32, 64)},
-    "nnunet_residual": {
-        "n_stages": 4,
-        "features_per_stage": (8, 16, 32, 64),
-        "n_blocks_per_stage": (1, 1, 2, 2),
-    },
-    "timm": {"model_name": "resnet10t"},
-}
 NAMES = list_backbones()
 SIZES = [(64, 64), (64, 96)]
 

@@ -11,8 +11,9 @@ import torch
 from mtlbench.backbones import Backbone, load_pretrained
 from mtlbench.backbones.nnunet import nnunet_2d_settings
 from mtlbench.registry import create_backbone, list_backbones
+from tests.tiny import SMALL_BACKBONE_OPTIONS as SMALL_OPTIONS
 
-from .test_backbone_contract import SMALL_OPTIONS, build
+from .test_backbone_contract import build
 
 UNET = {"widths": (8, 16, 32)}
 

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from mtlbench.methods.base import StepInputs
+from mtlbench.tasks.thyroid.task import ThyroidParams
 
 from mtlbench.config import DataConfig
-from mtlbench.methods.base import StepInputs
 from mtlbench.model import MultiTaskModel
-from mtlbench.registry import create_backbone, create_task, list_backbones, list_methods
+from mtlbench.registry import METHODS, create_backbone, create_task, list_backbones, list_methods
 from mtlbench.resolve import _params_from_dataclass
-from mtlbench.registry import METHODS
-from mtlbench.tasks.thyroid.task import ThyroidParams
 from tests.tiny import SMALL_BACKBONE_OPTIONS
 
 
@@ -37,7 +36,9 @@ def thyroid_batch(b: int = 2, size: int = 64) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("method", list_methods())
 def test_one_step_reaches_every_parameter(method: str, backbone: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    task = create_task("thyroid", ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, tmp_path)
+    task = create_task(
+        "thyroid", ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, tmp_path
+    )
     bb = create_backbone(backbone, **SMALL_BACKBONE_OPTIONS.get(backbone, {}))
     model = MultiTaskModel(bb, task.build_heads(bb.contract))
     params, _ = _params_from_dataclass(METHODS.get(method).obj.Params, {}, "method_args")

@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from mtlbench.methods.base import StepInputs
+from mtlbench.methods.rlar import RLAR, RLARParams, rlar_penalty
 from torch import nn
 
 from mtlbench.losses import masked_mse, soft_dice_loss
-from mtlbench.methods.base import StepInputs
-from mtlbench.methods.rlar import RLAR, RLARParams, rlar_penalty
 from mtlbench.model import named_representations
 
 
@@ -21,7 +21,11 @@ class TinyNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.enc = nn.ModuleList(
-            [nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.Conv2d(6, 8, 3, stride=2, padding=1)]
+            [
+                nn.Conv2d(1, 4, 3, padding=1),
+                nn.Conv2d(4, 6, 3, stride=2, padding=1),
+                nn.Conv2d(6, 8, 3, stride=2, padding=1),
+            ]
         )
         self.seg = nn.Conv2d(4 + 6 + 8, 1, 1)
         self.embed = nn.Linear(8, 5)
@@ -114,7 +118,7 @@ def test_penalty_gradient_reaches_parameters() -> None:
     penalty, _ = rlar_penalty(list(losses_of(out, batch).values()), feats[-1])
     assert penalty.requires_grad
     head_params = [net.seg.weight, net.embed.weight, net.cls.weight]
-    grads = torch.autograd.grad(penalty, head_params + [net.enc[0].weight], allow_unused=True)
+    grads = torch.autograd.grad(penalty, [*head_params, net.enc[0].weight], allow_unused=True)
     for g in grads:
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
 
@@ -128,8 +132,11 @@ def test_method_backward_fills_every_parameter_and_penalty_changes_gradients() -
         net = TinyNet()
         feats, out = net(batch["image"])
         inputs = StepInputs(
-            losses_of(out, batch), {"seg": 1.0, "cls": 1.0, "clin": 1.0}, list(net.enc.parameters()),
-            named_representations(feats), step=0,
+            losses_of(out, batch),
+            {"seg": 1.0, "cls": 1.0, "clin": 1.0},
+            list(net.enc.parameters()),
+            named_representations(feats),
+            step=0,
         )
         RLAR(("seg", "cls", "clin"), RLARParams(lambda_adv=lam)).backward(inputs)
         for name, p in net.named_parameters():
@@ -159,7 +166,9 @@ def test_representation_settings_give_different_penalties() -> None:
     batch = make_batch()
     feats, out = net(batch["image"])
     losses = list(losses_of(out, batch).values())
-    values = {k: rlar_penalty(losses, feats[i])[0].item() for k, i in (("level0", 0), ("level1", 1), ("level2", 2))}
+    values = {
+        k: rlar_penalty(losses, feats[i])[0].item() for k, i in (("level0", 0), ("level1", 1), ("level2", 2))
+    }
     assert len({round(v, 6) for v in values.values()}) == 3
 
 

@@ -105,6 +105,22 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs() -> None:
     assert not np.array_equal(a.masks, c.masks)
 
 
+def test_sample_generator_is_the_seed_sequence_spawn_child() -> None:
+    children = np.random.SeedSequence(7).spawn(3)
+    for i, child in enumerate(children):
+        expected = np.random.default_rng(child).random(4)
+        np.testing.assert_array_equal(sample_rng(7, i).random(4), expected)
+
+
+def test_max_diameter_matches_the_mask(large: PhantomSet) -> None:
+    mm_per_px = 40.0 / 64
+    for mask, diameter in zip(large.masks[:100], large.max_diameter_mm[:100], strict=True):
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        extent = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+        assert extent * mm_per_px * 0.95 <= diameter <= np.hypot(rows.size, cols.size) * mm_per_px * 1.05
+
+
 def test_growing_n_keeps_the_first_samples() -> None:
     k = 4
     short = generate_phantom(k, PhantomConfig(size=48, seed=5))

@@ -1,0 +1,101 @@
+"""The thyroid task: data preparation on the phantom, heads, losses, task-level settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtlbench.backbones.contract import FeatureContract, FeatureLevel
+from mtlbench.config import DataConfig
+from mtlbench.errors import DataError
+from mtlbench.model import ModelOutput
+from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
+from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    data = DataConfig(image_size=32, num_train=20, num_val=6, num_test=4, radiomics_workers=1)
+    task = ThyroidTask(ThyroidParams(), data, seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
+    return task, task.prepare(progress=False)
+
+
+def test_splits_and_sample_format(prepared) -> None:  # type: ignore[no-untyped-def]
+    task, splits = prepared
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (20, 6, 4)
+    sample = splits.train[0]
+    assert sample["image"].shape == (1, 32, 32) and sample["image"].dtype == torch.float32
+    assert set(torch.unique(sample["mask"]).tolist()) <= {0.0, 1.0}
+    assert 0 <= int(sample["label"]) < 5
+    assert sample["clinical"].shape == (len(FEATURE_NAMES),)
+    assert sum(splits.info["train_class_counts"].values()) == 20
+
+
+def test_radiomics_targets_are_standardised_with_training_statistics(prepared) -> None:  # type: ignore[no-untyped-def]
+    _, splits = prepared
+    train = np.stack([splits.train[i]["clinical"].numpy() for i in range(len(splits.train))])
+    assert np.nanmean(train, axis=0) == pytest.approx(np.zeros(len(FEATURE_NAMES)), abs=1e-5)
+    std = np.nanstd(train, axis=0)
+    assert np.all((np.abs(std - 1) < 1e-4) | (std < 1e-6))
+    val = np.stack([splits.val[i]["clinical"].numpy() for i in range(len(splits.val))])
+    assert not np.allclose(np.nanmean(val, axis=0), 0, atol=1e-3)  # not re-standardised on val
+
+
+def test_class_weights_come_from_the_training_split(prepared) -> None:  # type: ignore[no-untyped-def]
+    task, splits = prepared
+    counts = np.array(list(splits.info["train_class_counts"].values()), dtype=float)
+    expected = np.where(counts > 0, counts.sum() / ((counts > 0).sum() * np.maximum(counts, 1)), 0)
+    assert task.class_weights.numpy() == pytest.approx(expected)
+
+
+def test_heads_and_losses_from_a_contract() -> None:
+    contract = FeatureContract((FeatureLevel(4, 1), FeatureLevel(8, 2), FeatureLevel(16, 4)))
+    task = ThyroidTask(ThyroidParams(embedding_dim=20, classifier_hidden=8), DataConfig(), 0, cache_dir=".")
+    heads = task.build_heads(contract)
+    feats = [torch.randn(2, 4, 16, 16), torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
+    outputs = {name: head(feats) for name, head in heads.items()}
+    assert outputs["seg"].shape == (2, 1, 16, 16)
+    assert outputs["cls"]["h"].shape == (2, 20)
+    assert torch.equal(outputs["cls"]["h_tirads"], outputs["cls"]["h"][:, :13])
+    # logits are W h + b (paper Eq. 1)
+    lin = heads["cls"].classifier
+    assert torch.allclose(outputs["cls"]["logits"], outputs["cls"]["h"] @ lin.weight.T + lin.bias)
+    batch = {
+        "mask": torch.zeros(2, 1, 16, 16),
+        "label": torch.tensor([1, 4]),
+        "clinical": torch.randn(2, 13),
+    }
+    losses = task.compute_losses(ModelOutput(feats, outputs), batch)
+    assert set(losses) == {"seg", "cls", "clin"}
+    off = ThyroidTask(ThyroidParams(clinical_guidance=False), DataConfig(), 0, cache_dir=".")
+    assert off.task_names == ("seg", "cls") and set(off.loss_weights()) == {"seg", "cls"}
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (
+            DataConfig(root="/definitely/not/here", format="phantom"),
+            "data.root '/definitely/not/here' does not exist",
+        ),
+        (DataConfig(format="dicom"), "unknown data.format 'dicom'"),
+        (DataConfig(num_train=0), "data.num_train must be at least 1"),
+    ],
+)
+def test_bad_data_settings_are_named(data: DataConfig, fragment: str) -> None:
+    with pytest.raises(DataError, match=None) as info:
+        ThyroidTask(ThyroidParams(), data, 0, cache_dir=".").check_data()
+    assert fragment in str(info.value)
+
+
+def test_existing_root_with_phantom_format_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DataError, match="data.format is 'phantom'"):
+        ThyroidTask(ThyroidParams(), DataConfig(root=str(tmp_path)), 0, cache_dir=".").check_data()
+
+
+def test_bad_task_settings() -> None:
+    with pytest.raises(ValueError, match="task_args.lambda_cls must be >= 0"):
+        ThyroidParams(lambda_cls=-1)
+    with pytest.raises(ValueError, match="embedding_dim must exceed"):
+        ThyroidParams(embedding_dim=13)
