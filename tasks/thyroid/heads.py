@@ -24,7 +24,9 @@ class SegmentationHead(nn.Module):
 
 
 class ClinicallyGuidedClassifier(nn.Module):
-    """Paper Eq. 1–2: bottleneck (average- and max-pooled) → embedding ``h = [h_tirads, h_deep]`` (K dims) → logits ``W h + b``.
+    """Paper Eq. 1–2: bottleneck → embedding ``h = [h_tirads, h_deep]`` (K dims) → logits ``W h + b``.
+
+    The bottleneck is average- and max-pooled before the embedding MLP.
 
     The first ``n_clinical`` embedding dimensions form the clinically guided slice ``h_tirads``,
     regressed onto standardised radiomics targets during training only; ``h_deep`` holds the

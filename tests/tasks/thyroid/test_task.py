@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
+from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 
 from mtlbench.backbones.contract import FeatureContract, FeatureLevel
 from mtlbench.config import DataConfig
 from mtlbench.errors import DataError
 from mtlbench.model import ModelOutput
-from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
-from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
 
 
 def test_splits_and_sample_format(prepared) -> None:  # type: ignore[no-untyped-def]
-    task, splits = prepared
+    _, splits = prepared
     assert (len(splits.train), len(splits.val), len(splits.test)) == (20, 6, 4)
     sample = splits.train[0]
     assert sample["image"].shape == (1, 32, 32) and sample["image"].dtype == torch.float32
