@@ -39,7 +39,16 @@ def _identity(loss: Tensor) -> Tensor:
 
 @dataclass
 class StepInputs:
-    """Everything a method may use in one optimisation step."""
+    """Everything a method may use in one optimisation step.
+
+    ``losses`` are the un-weighted task losses (scalar tensors, still attached to the graph) and
+    ``weights`` the task's configured λ_t. ``shared_parameters`` are the backbone's trainable
+    parameters in module order (the last ones belong to the deepest stage); ``head_parameters``
+    everything else that the model trains. ``scale`` multiplies a loss by the current fp16 loss
+    scale and ``loss_scale`` is that factor (both identity/1.0 without fp16): gradients taken of
+    ``scale(loss)`` are ``loss_scale`` times too large, and a method whose result is not
+    proportional to its input gradients must divide by it first.
+    """
 
     losses: dict[str, Tensor]
     weights: dict[str, float]
@@ -47,6 +56,8 @@ class StepInputs:
     representations: dict[str, Tensor | list[Tensor]]
     step: int
     scale: Callable[[Tensor], Tensor] = _identity
+    head_parameters: Sequence[nn.Parameter] = ()
+    loss_scale: float = 1.0
 
     def weighted_sum(self) -> Tensor:
         """Σ_t λ_t L_t with the task's configured weights."""
@@ -71,6 +82,14 @@ class MultiTaskMethod(nn.Module):
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         """Fill ``.grad`` of the parameters for this step; return diagnostics (floats)."""
         raise NotImplementedError
+
+    def after_step(self, recompute_losses: Callable[[], dict[str, Tensor]]) -> dict[str, float]:
+        """Called after the optimizer step when ``needs.extra_forward``; ``recompute_losses()``
+        evaluates the task losses again on the same batch without gradient (FAMO)."""
+        return {}
+
+    def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:
+        """Called after each training epoch with the epoch-mean un-weighted task losses (DWA)."""
 
     def extra_repr(self) -> str:
         fields = dataclasses.asdict(self.params) if dataclasses.is_dataclass(self.params) else {}

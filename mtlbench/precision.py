@@ -62,6 +62,10 @@ class Precision:
             return _identity
         return self.scaler.scale
 
+    @property
+    def loss_scale(self) -> float:
+        return 1.0 if self.scaler is None else float(self.scaler.get_scale())
+
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)

@@ -171,16 +171,25 @@ class Trainer:
             representations=output.representations,
             step=self.state.global_step,
             scale=self.precision.scale,
+            head_parameters=self.model.head_parameters(),
+            loss_scale=self.precision.loss_scale,
         )
-        logs = self.method.backward(inputs)
+        logs = dict(self.method.backward(inputs))
         if self.config.train.grad_clip is not None:
             self.precision.unscale(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         if not self.precision.step(self.optimizer):
             return None
+        if self.method.needs.extra_forward:
+            logs.update(self.method.after_step(lambda: self._losses_without_grad(batch)))
         out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         out.update(logs)
         return out
+
+    @torch.no_grad()
+    def _losses_without_grad(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with self.precision.autocast():
+            return self.task.compute_losses(self.model(batch["image"]), batch)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -241,6 +250,9 @@ class Trainer:
                 if progress is not None:
                     progress.update(logs, images / max(time.perf_counter() - t_epoch, 1e-9))
             train_time = time.perf_counter() - t_epoch
+            self.method.on_epoch_end(
+                epoch + 1, {k[len("loss/") :]: sums[k] / counts[k] for k in sums if k.startswith("loss/")}
+            )
             val = self.evaluate(self.splits.val, tc.val_steps)
             if monitor not in val:
                 raise KeyError(
