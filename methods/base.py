@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -58,6 +58,10 @@ class StepInputs:
     scale: Callable[[Tensor], Tensor] = _identity
     head_parameters: Sequence[nn.Parameter] = ()
     loss_scale: float = 1.0
+    #: True on the steps where methods should add their (costly) diagnostics to the logs.
+    diagnostics: bool = False
+    #: Named parameter groups for per-module diagnostics: ``encoder`` and ``head/<name>``.
+    parameter_groups: dict[str, Sequence[nn.Parameter]] = field(default_factory=dict)
 
     def weighted_sum(self) -> Tensor:
         """Σ_t λ_t L_t with the task's configured weights."""
@@ -94,6 +98,20 @@ class MultiTaskMethod(nn.Module):
     def extra_repr(self) -> str:
         fields = dataclasses.asdict(self.params) if dataclasses.is_dataclass(self.params) else {}
         return ", ".join(f"{k}={v!r}" for k, v in fields.items())
+
+
+def gradient_norms(loss: Tensor, groups: dict[str, Sequence[nn.Parameter]], prefix: str) -> dict[str, float]:
+    """‖∂loss/∂θ‖ per named parameter group, keyed ``<prefix>/<group>`` (graph retained)."""
+    out = {}
+    for name, params in groups.items():
+        params = [p for p in params if p.requires_grad]
+        if not params or not loss.requires_grad:
+            out[f"{prefix}/{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
+        out[f"{prefix}/{name}"] = sq**0.5
+    return out
 
 
 def detach_float(value: Tensor) -> float:

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mtlbench.registry import register_method
 
-from .base import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
+from .base import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
 
 Representation = Literal["bottleneck", "last", "mid", "mean_last3"]
 
@@ -156,8 +156,14 @@ class RLAR(MultiTaskMethod):
         mean_abs_cos, per_pair = rlar_penalty(scaled_losses, rep)
         penalty = self.params.lambda_adv * mean_abs_cos
         total = inputs.weighted_sum() + penalty
-        inputs.scale(total).backward()
         logs = {"loss": detach_float(total), "rlar_penalty": detach_float(penalty)}
+        if inputs.diagnostics:
+            # Where the penalty's gradient lands (methods.md: mostly on the heads for scalar heads).
+            logs.update(gradient_norms(inputs.scale(penalty), inputs.parameter_groups, "rlar_grad_norm"))
+            logs = {
+                k: v / inputs.loss_scale if k.startswith("rlar_grad_norm/") else v for k, v in logs.items()
+            }
+        inputs.scale(total).backward()
         k = 0
         for a in range(len(self.task_names)):
             for b in range(a + 1, len(self.task_names)):

@@ -56,6 +56,9 @@ class TrainConfig:
     monitor: str = "score"
     monitor_mode: Literal["max", "min"] = "max"
     grad_clip: float | None = None
+    #: Every N steps log the task-pair cosines of the shared gradients and the methods' own
+    #: diagnostics (costs T extra backward passes on those steps); 0 turns it off.
+    diagnostics_every: int = 20
     progress: bool = True
     deterministic: bool = True
 

@@ -55,6 +55,13 @@ class MultiTaskModel(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.heads.parameters() if p.requires_grad]
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``encoder`` and ``head/<name>`` parameter lists, for per-module diagnostics."""
+        groups = {"encoder": self.shared_parameters()}
+        for name, head in self.heads.items():
+            groups[f"head/{name}"] = [p for p in head.parameters() if p.requires_grad]
+        return groups
+
     def forward(self, x: Tensor) -> ModelOutput:
         features = self.backbone(x)
         outputs: dict[str, Any] = {}

@@ -87,6 +87,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def shared_gradient_cosines(
+    losses: dict[str, torch.Tensor], shared: list[torch.nn.Parameter], scale: Any
+) -> dict[str, float]:
+    """Cosine of every task pair's gradients on the shared parameters (``diag_cos/<a>-<b>``)."""
+    from mtlbench.methods.gradient_combination import pairwise_cosines, task_gradient_matrix
+
+    names = list(losses)
+    grads = task_gradient_matrix([scale(losses[n]) for n in names], shared)
+    return {f"diag_{k}": v for k, v in pairwise_cosines(grads, names).items()}
+
+
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {
         k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -117,6 +128,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.betas)
         self.state = TrainState()
         self.weights = task.loss_weights()
+        self._diagnostics_time = 0.0
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> dict[str, Any]:
@@ -164,6 +176,13 @@ class Trainer:
                 f"non-finite loss at epoch {self.state.epoch + 1}, step {self.state.global_step + 1}: {bad}; "
                 "lower train.lr, set train.grad_clip, or check the data"
             )
+        every = self.config.train.diagnostics_every
+        diagnostics = every > 0 and self.state.global_step % every == 0
+        diag_logs: dict[str, float] = {}
+        if diagnostics:
+            t0 = time.perf_counter()
+            diag_logs = shared_gradient_cosines(losses, self.model.shared_parameters(), self.precision.scale)
+            self._diagnostics_time += time.perf_counter() - t0
         inputs = StepInputs(
             losses=losses,
             weights=self.weights,
@@ -173,8 +192,11 @@ class Trainer:
             scale=self.precision.scale,
             head_parameters=self.model.head_parameters(),
             loss_scale=self.precision.loss_scale,
+            diagnostics=diagnostics,
+            parameter_groups=self.model.parameter_groups() if diagnostics else {},
         )
         logs = dict(self.method.backward(inputs))
+        logs.update(diag_logs)
         if self.config.train.grad_clip is not None:
             self.precision.unscale(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
@@ -233,10 +255,11 @@ class Trainer:
                 progress.start_epoch(epoch + 1, tc.epochs, tc.steps_per_epoch)
             for batch in self._loader(self.splits.train, batches):
                 t0 = time.perf_counter()
+                self._diagnostics_time = 0.0
                 logs = self.train_step(batch)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                dt = time.perf_counter() - t0
+                dt = time.perf_counter() - t0 - self._diagnostics_time  # the method's cost only
                 self.state.global_step += 1
                 self.state.step_time_sum += dt
                 self.state.step_count += 1

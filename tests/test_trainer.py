@@ -25,6 +25,12 @@ def test_run_writes_every_result_file(tmp_path) -> None:
     lines = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert "rlar_penalty" in lines[0]["train"] and "loss/seg" in lines[0]["train"]
+    # diagnostics on step 0 (train.diagnostics_every=20): shared-gradient cosines for every method,
+    # and where RLAR's penalty gradient lands, per module
+    for key in ("diag_cos/seg-cls", "diag_cos/cls-clin", "rlar_grad_norm/encoder", "rlar_grad_norm/head/seg"):
+        assert key in lines[0]["train"], key
+    assert "diag_cos/seg-cls" not in lines[1]["train"]  # steps 2-3 are not diagnostic steps
+    assert lines[0]["train"]["rlar_grad_norm/head/cls"] > 0
     result = json.loads((root / "result.json").read_text())
     for split in ("val", "test"):
         m = result["metrics"][split]

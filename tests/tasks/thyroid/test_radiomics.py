@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from mtlbench.tasks.thyroid.radiomics import (
     EDGE_RING_WIDTH,
     FEATURE_NAMES,
@@ -20,7 +22,6 @@ from mtlbench.tasks.thyroid.radiomics import (
     edge_sharpness,
     ellipticity,
 )
-from scipy import ndimage
 
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+
 from mtlbench.tasks.thyroid import radiomics as thyroid_radiomics
 from mtlbench.tasks.thyroid.radiomics_cache import cache_key, cache_path, cached_features
 
