@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mtlbench.methods.base import StepInputs
-from mtlbench.tasks.thyroid.task import ThyroidParams
 
 from mtlbench import atomic
 from mtlbench.config import DataConfig
 from mtlbench.environment import device_info, git_commit, versions
+from mtlbench.methods.base import StepInputs
 from mtlbench.model import MultiTaskModel
 from mtlbench.precision import Precision
 from mtlbench.registry import METHODS, create_backbone, create_task, list_methods
+from mtlbench.tasks.thyroid.task import ThyroidParams
 
 
 def synthetic_batch(batch: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
@@ -18,6 +17,7 @@ from mtlbench.losses import balanced_class_weights, masked_mse, soft_dice_loss
 from mtlbench.metrics import ClassificationMeter, RegressionMeter, SegmentationMeter
 from mtlbench.model import ModelOutput
 from mtlbench.registry import register_task
+from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 
 from .dataset import ThyroidArrays, radiomics_statistics, standardise
 from .heads import ClinicallyGuidedClassifier, SegmentationHead

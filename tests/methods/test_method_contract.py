@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from mtlbench.methods.base import StepInputs
-from mtlbench.tasks.thyroid.task import ThyroidParams
 
 from mtlbench.config import DataConfig
+from mtlbench.methods.base import StepInputs
 from mtlbench.model import MultiTaskModel
 from mtlbench.registry import METHODS, create_backbone, create_task, list_backbones, list_methods
 from mtlbench.resolve import _params_from_dataclass
+from mtlbench.tasks.thyroid.task import ThyroidParams
 from tests.tiny import SMALL_BACKBONE_OPTIONS
 
 

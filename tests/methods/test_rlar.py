@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from mtlbench.methods.base import StepInputs
-from mtlbench.methods.rlar import RLAR, RLARParams, rlar_penalty
 from torch import nn
 
 from mtlbench.losses import masked_mse, soft_dice_loss
+from mtlbench.methods.base import StepInputs
+from mtlbench.methods.rlar import RLAR, RLARParams, rlar_penalty
 from mtlbench.model import named_representations
 
 

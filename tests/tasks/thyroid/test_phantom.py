@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from mtlbench.tasks.thyroid.phantom import (
     PhantomConfig,
     PhantomSet,
@@ -22,7 +24,6 @@ from mtlbench.tasks.thyroid.tirads import (
     Shape,
     tirads_level,
 )
-from scipy import ndimage
 
 N_LARGE = 500
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
-from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 
 from mtlbench.backbones.contract import FeatureContract, FeatureLevel
 from mtlbench.config import DataConfig
 from mtlbench.errors import DataError
 from mtlbench.model import ModelOutput
+from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
+from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import itertools
 import math
 
 import pytest
+
 from mtlbench.tasks.thyroid.tirads import (
     AcrFeatures,
     Composition,
