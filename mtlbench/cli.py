@@ -183,6 +183,46 @@ def config_show(
     typer.echo(to_yaml(resolved.config.to_dict()).rstrip())
 
 
+data_app = typer.Typer(help="Inspect local data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Argument(help="Folder of the data set.")],
+    data_format: Annotated[
+        str, typer.Option("--format", "-f", help="thyroidxl | aimi | folder | ddti | tn3k")
+    ],
+    stop_at_first: Annotated[
+        bool, typer.Option("--stop-at-first", help="Stop at the first problem instead of listing them all.")
+    ] = False,
+    empty_masks: Annotated[
+        str, typer.Option(help="aimi only: skip | keep frames with an empty mask.")
+    ] = "skip",
+    frame_stride: Annotated[int, typer.Option(help="aimi only: keep every k-th frame of a clip.")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+) -> None:
+    """Read every sample of a data set; print counts per split and class, skips and every problem."""
+    errors = _user_errors()
+    try:
+        from mtlbench.tasks.thyroid.readers.check import check_dataset, format_report
+
+        options: dict[str, object] = {"skip_invalid": not stop_at_first}
+        if data_format == "aimi":
+            options.update(empty_masks=empty_masks, frame_stride=frame_stride)
+        report = check_dataset(root, data_format, **options)
+    except errors as exc:
+        _fail(str(exc))
+        return
+    typer.echo(format_report(report))
+    if json_out is not None:
+        from mtlbench import atomic
+
+        atomic.write_json(json_out, report.to_dict())
+    if report.problems:
+        raise typer.Exit(EXIT_FAILED)
+
+
 def main() -> None:
     app()
 

@@ -102,3 +102,18 @@ def test_run_ends_with_a_table_and_the_run_folder(tmp_path) -> None:
     assert "run folder: " in result.stdout
     folder = Path(result.stdout.split("run folder: ")[1].split()[0])
     assert (tmp_path / folder / "result.json").is_file() or (folder / "result.json").is_file()
+
+
+def test_data_check_lists_counts_and_problems(tmp_path) -> None:
+    from tests.tasks.thyroid.readers.fixtures import make_thyroidxl
+
+    clean = make_thyroidxl(tmp_path / "clean")
+    result = mtlbench("data", "check", str(clean), "--format", "thyroidxl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "TR" in result.stdout and "train" in result.stdout
+    broken = make_thyroidxl(tmp_path / "broken", corrupt_image=True)
+    result = mtlbench("data", "check", str(broken), "--format", "thyroidxl", cwd=tmp_path)
+    assert result.returncode == 3
+    assert ".png" in result.stdout  # the problem names the file
+    result = mtlbench("data", "check", str(tmp_path / "nowhere"), "--format", "thyroidxl", cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,1 @@
+"""Tests of the thyroid data-set readers."""
