@@ -19,6 +19,7 @@ from mtlbench.model import ModelOutput
 from mtlbench.registry import register_task
 from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 
+from .annotators import AnnotatorConfig, apply_annotators
 from .dataset import ThyroidArrays, radiomics_statistics, standardise
 from .heads import ClinicallyGuidedClassifier, SegmentationHead
 from .radiomics import FEATURE_NAMES
@@ -39,6 +40,9 @@ class ThyroidParams:
     class_weighting: bool = True
     classifier_hidden: int = 128
     dropout: float = 0.0
+    #: Simulated annotator variability on the phantom's training and validation labels (the paper's
+    #: premise); ``None`` keeps the true contours and grades. The test split always keeps the truth.
+    annotators: AnnotatorConfig | None = None
 
     def __post_init__(self) -> None:
         for key in ("lambda_seg", "lambda_cls", "lambda_clin", "dropout"):
@@ -143,8 +147,21 @@ class ThyroidTask(TaskDefinition):
         phantom = generate_phantom(
             n_train + n_val + n_test, PhantomConfig(size=d.image_size, seed=d.phantom_seed)
         )
-        images, masks = phantom.images, phantom.masks
-        labels = phantom.levels.astype(np.int64) - 1
+        images, masks, levels = phantom.images, phantom.masks, phantom.levels
+        info: dict[str, Any] = {"source": "phantom"}
+        if self.params.annotators is not None:
+            labelled = slice(0, n_train + n_val)  # readers label training and validation data only
+            noisy = apply_annotators(masks[labelled], levels[labelled], self.params.annotators)
+            masks = np.concatenate([noisy.masks, masks[n_train + n_val :]])
+            levels = np.concatenate([noisy.levels, levels[n_train + n_val :]])
+            info["annotators"] = {
+                "reader_styles": noisy.reader_styles,
+                "reader_per_sample": noisy.reader.tolist(),
+                "grade_changed_fraction": float(noisy.flipped.mean()),
+                "contour_fallbacks": int(noisy.fallback.sum()),
+            }
+        labels = levels.astype(np.int64) - 1
+        # Radiomics targets come from the image and the (possibly reader-drawn) training mask.
         features = cached_features(
             images, masks, self.cache_dir, workers=d.radiomics_workers, progress=progress
         )
@@ -167,7 +184,7 @@ class ThyroidTask(TaskDefinition):
             val=split(slice(n_train, n_train + n_val)),
             test=test,
             info={
-                "source": "phantom",
+                **info,
                 "train_class_counts": counts,
                 "radiomics_mean": mean.tolist(),
                 "radiomics_std": std.tolist(),

@@ -99,3 +99,32 @@ def test_bad_task_settings() -> None:
         ThyroidParams(lambda_cls=-1)
     with pytest.raises(ValueError, match="embedding_dim must exceed"):
         ThyroidParams(embedding_dim=13)
+
+
+def test_annotator_noise_changes_training_labels_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mtlbench.config import resolve_config
+    from mtlbench.resolve import resolve_run
+    from mtlbench.tasks.thyroid.annotators import AnnotatorConfig
+
+    data = DataConfig(image_size=32, num_train=30, num_val=10, num_test=10, radiomics_workers=1)
+    clean = ThyroidTask(ThyroidParams(), data, 0, tmp_path).prepare(progress=False)
+    noisy_task = ThyroidTask(
+        ThyroidParams(annotators=AnnotatorConfig(n_readers=2, grade_flip_prob=0.5, contour_strength=2.0)),
+        data,
+        0,
+        tmp_path,
+    )
+    noisy = noisy_task.prepare(progress=False)
+    assert len(noisy.info["annotators"]["reader_per_sample"]) == 40
+    changed_masks = sum(not torch.equal(clean.train[i]["mask"], noisy.train[i]["mask"]) for i in range(30))
+    changed_labels = sum(int(clean.train[i]["label"]) != int(noisy.train[i]["label"]) for i in range(30))
+    assert changed_masks > 10 and changed_labels > 5
+    for i in range(10):  # the test split keeps the truth
+        assert torch.equal(clean.test[i]["mask"], noisy.test[i]["mask"])
+        assert int(clean.test[i]["label"]) == int(noisy.test[i]["label"])
+    # reachable from the command line as nested task_args, and part of the run id
+    cfg = resolve_run(
+        resolve_config(["task_args.annotators.n_readers=3", "task_args.annotators.grade_flip_prob=0.1"])
+    )
+    assert cfg.task_params.annotators == AnnotatorConfig(n_readers=3, grade_flip_prob=0.1)
+    assert cfg.run_id != resolve_run(resolve_config()).run_id
