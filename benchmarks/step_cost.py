@@ -74,12 +74,21 @@ class StepRunner:
                 out.representations,
                 0,
                 self.precision.scale,
+                head_parameters=self.model.head_parameters(),
+                loss_scale=self.precision.loss_scale,
             )
         )
         self.precision.step(self.optimizer)
+        if self.method.needs.extra_forward:  # FAMO's re-evaluation is part of its cost
+            self.method.after_step(self._losses_without_grad)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def _losses_without_grad(self) -> dict[str, torch.Tensor]:
+        with self.precision.autocast():
+            return self.task.compute_losses(self.model(self.batch["image"]), self.batch)
 
     def peak_memory_mb(self) -> float | None:
         if self.device.type != "cuda":

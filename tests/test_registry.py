@@ -15,7 +15,8 @@ from mtlbench.registry import BACKBONES, METHODS, TASKS, Registry, UnknownNameEr
 
 def test_wildcards_and_builtins() -> None:
     assert "rlar" in METHODS.names("*")
-    assert METHODS.names("r*") == ["rlar"]
+    assert METHODS.names("rl*") == ["rlar", "rlw"]
+    assert METHODS.names("*_mtl") == ["aligned_mtl", "nash_mtl", "rep_mtl"]
     assert "unet_small" in BACKBONES.names("*unet*")
     assert TASKS.names() == ["thyroid"]
 

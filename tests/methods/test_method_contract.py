@@ -52,7 +52,14 @@ def test_one_step_reaches_every_parameter(method: str, backbone: str, tmp_path: 
     assert set(losses) == set(task.task_names)
     assert all(torch.isfinite(v) for v in losses.values())
     logs = mtl.backward(
-        StepInputs(losses, task.loss_weights(), model.shared_parameters(), out.representations, step=0)
+        StepInputs(
+            losses,
+            task.loss_weights(),
+            model.shared_parameters(),
+            out.representations,
+            step=0,
+            head_parameters=model.head_parameters(),
+        )
     )
     assert all(isinstance(v, float) for v in logs.values())
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
