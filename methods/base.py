@@ -83,6 +83,11 @@ class MultiTaskMethod(nn.Module):
     def validate(self) -> None:
         """Reject bad hyper-parameters before training; raise ``ValueError`` naming the value."""
 
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """Optuna suggestions for the hyper-parameters (``trial.suggest_*``); none by default."""
+        return {}
+
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         """Fill ``.grad`` of the parameters for this step; return diagnostics (floats)."""
         raise NotImplementedError

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -143,6 +143,16 @@ class RLAR(MultiTaskMethod):
             )
         if len(self.task_names) < 2:
             raise ValueError(f"RLAR needs at least two tasks, got {self.task_names}")
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """λ_adv log-uniform over three decades; the probed representation (the paper's ablation)."""
+        return {
+            "lambda_adv": trial.suggest_float("lambda_adv", 1e-3, 1.0, log=True),
+            "representation": trial.suggest_categorical(
+                "representation", ["bottleneck", "last", "mid", "mean_last3"]
+            ),
+        }
 
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         name = self.params.representation
