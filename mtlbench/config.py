@@ -34,9 +34,24 @@ class DataConfig:
     num_val: int = 200
     num_test: int = 200
     phantom_seed: int = 0
+    num_external: int = 200
     cache_dir: str | None = None
     num_workers: int = 0
     radiomics_workers: int | None = None
+    #: k-fold cross-validation inside the training pool, grouped by patient and stratified by class:
+    #: ``folds`` = k (None: the fixed split of num_train/num_val; real data sets default to 3) and
+    #: ``fold`` = which fold is validation. Folds are saved with the data and reused by every run.
+    folds: int | None = None
+    fold: int = 0
+    fold_seed: int = 0
+    #: Options for the data-set reader (e.g. skip_invalid, empty_masks, frame_stride).
+    reader_options: dict[str, Any] = field(default_factory=dict)
+    #: A second data set evaluated zero-shot at the end of every run (e.g. AIMI after ThyroidXL).
+    external_root: str | None = None
+    external_format: str | None = None
+    external_options: dict[str, Any] = field(default_factory=dict)
+    #: Joint image/mask augmentation of training samples (flips, small affine, intensity, speckle).
+    augment: bool = False
 
 
 @dataclass

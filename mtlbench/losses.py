@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -44,3 +45,15 @@ def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
     per_row = (diff**2).sum(dim=1) / n_per_row.clamp_min(1)
     rows = (n_per_row > 0).float()
     return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
+
+
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Class-weighted cross-entropy over the samples with a label (label −1 = unknown).
+
+    PyTorch's weighted mean ``Σ w_y·ℓ / Σ w_y``; zero (still attached to the graph) when no sample
+    in the batch has a label, where PyTorch would return NaN.
+    """
+    known = labels >= 0
+    if not bool(known.any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=-1)

@@ -128,9 +128,7 @@ def run_experiment(
     # The best checkpoint by the monitored metric; the last one if the metric was never finite.
     final = "best" if folder.checkpoint_path("best").is_file() else "last"
     model.load_state_dict(folder.load_checkpoint(final)["model"])
-    metrics = {"val": trainer.evaluate(splits.val)}
-    if splits.test is not None:
-        metrics["test"] = trainer.evaluate(splits.test)
+    metrics = {name: trainer.evaluate(dataset) for name, dataset in splits.evaluation_splits().items()}
     state = trainer.state
     peak, peak_kind = peak_memory_mb(device)
     result = {

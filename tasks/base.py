@@ -29,7 +29,14 @@ class DataSplits:
     train: Dataset
     val: Dataset
     test: Dataset | None = None
+    #: A second data set evaluated zero-shot (a different site or scanner), reported separately.
+    external: Dataset | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    def evaluation_splits(self) -> dict[str, Dataset]:
+        """The splits reported at the end of a run, in order: val, test, external."""
+        splits = {"val": self.val, "test": self.test, "external": self.external}
+        return {name: ds for name, ds in splits.items() if ds is not None}
 
 
 class TaskDefinition(ABC):

@@ -26,6 +26,7 @@ def tiny_run_overrides(tmp_path: Path, **extra: Any) -> list[str]:
         "data.num_train": 16,
         "data.num_val": 8,
         "data.num_test": 8,
+        "data.num_external": 8,
         "data.radiomics_workers": 1,
         "backbone_args.widths": "[8, 16, 32, 64]",
         "task_args.embedding_dim": 24,

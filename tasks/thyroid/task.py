@@ -4,35 +4,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
 from mtlbench.config import DataConfig
-from mtlbench.losses import balanced_class_weights, masked_mse, soft_dice_loss
-from mtlbench.metrics import ClassificationMeter, RegressionMeter, SegmentationMeter
+from mtlbench.losses import balanced_class_weights, masked_mse, soft_dice_loss, weighted_cross_entropy
 from mtlbench.model import ModelOutput
 from mtlbench.registry import register_task
 from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 
-from .annotators import AnnotatorConfig, apply_annotators
+from .annotators import AnnotatorConfig
 from .dataset import ThyroidArrays, radiomics_statistics, standardise
+from .evaluator import CLASS_NAMES, ThyroidEvaluator
 from .heads import ClinicallyGuidedClassifier, SegmentationHead
 from .radiomics import FEATURE_NAMES
 
-CLASS_NAMES = ("TR1", "TR2", "TR3", "TR4", "TR5")
 DATA_FORMATS = ("phantom",)
+TASKS = ("seg", "cls")
 
 
 @dataclass(frozen=True)
 class ThyroidParams:
     """Thyroid task settings (the λ_t of Eq. 7 and the classifier embedding of Eq. 1–2)."""
 
+    #: Which heads to train: both (multitask), or one for the single-task baselines of Table 1.
+    tasks: tuple[str, ...] = TASKS
     embedding_dim: int = 64
+    #: The clinically guided slice (L_clin, Eq. 3), on whenever the classifier is trained.
     clinical_guidance: bool = True
     lambda_seg: float = 1.0
     lambda_cls: float = 1.0
@@ -45,6 +46,11 @@ class ThyroidParams:
     annotators: AnnotatorConfig | None = None
 
     def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(
+                f"task_args.tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}"
+            )
         for key in ("lambda_seg", "lambda_cls", "lambda_clin", "dropout"):
             value = getattr(self, key)
             if value < 0:
@@ -54,38 +60,6 @@ class ThyroidParams:
                 f"task_args.embedding_dim must exceed the {len(FEATURE_NAMES)} clinical features, "
                 f"got {self.embedding_dim}"
             )
-
-
-class ThyroidEvaluator:
-    """Dice/IoU/HD95, macro precision/recall/F1 with per-class scores and confusion, clinical error."""
-
-    def __init__(self) -> None:
-        self.seg = SegmentationMeter()
-        self.cls = ClassificationMeter(num_classes=len(CLASS_NAMES), class_names=CLASS_NAMES)
-        self.clin = RegressionMeter(feature_names=FEATURE_NAMES)
-        self.has_clinical = False
-
-    def update(self, output: ModelOutput, batch: dict[str, Tensor]) -> None:
-        seg = output.outputs["seg"]
-        pred_mask = (seg.detach().float() > 0).squeeze(1).cpu().numpy()
-        self.seg.update(pred_mask, batch["mask"].squeeze(1).cpu().numpy() > 0.5)
-        cls = output.outputs["cls"]
-        self.cls.update(batch["label"].cpu().numpy(), cls["logits"].detach().float().argmax(1).cpu().numpy())
-        if "clinical" in batch:
-            self.has_clinical = True
-            self.clin.update(cls["h_tirads"].detach().float().cpu().numpy(), batch["clinical"].cpu().numpy())
-
-    def compute(self) -> dict[str, Any]:
-        metrics: dict[str, Any] = {}
-        metrics.update(self.seg.compute())
-        metrics.update(self.cls.compute())
-        if self.has_clinical:
-            clin = self.clin.compute()
-            metrics["clinical_mse"] = clin["mse"]
-            metrics["clinical_mae"] = clin["mae"]
-            metrics["clinical_per_feature"] = clin["per_feature"]
-        metrics["score"] = 0.5 * (metrics["dice"] + metrics["f1"])
-        return metrics
 
 
 @register_task("thyroid")
@@ -109,7 +83,10 @@ class ThyroidTask(TaskDefinition):
 
     @property
     def task_names(self) -> tuple[str, ...]:
-        return ("seg", "cls", "clin") if self.params.clinical_guidance else ("seg", "cls")
+        names = tuple(t for t in TASKS if t in self.params.tasks)
+        if "cls" in names and self.params.clinical_guidance:
+            names += ("clin",)
+        return names
 
     def loss_weights(self) -> dict[str, float]:
         p = self.params
@@ -139,52 +116,47 @@ class ThyroidTask(TaskDefinition):
                 raise DataError(f"data.{key} must be at least 1, got {getattr(d, key)}")
 
     def prepare(self, progress: bool = True) -> DataSplits:
-        from .phantom import PhantomConfig, generate_phantom
+        from .phantom_data import phantom_arrays
         from .radiomics_cache import cached_features
 
         d = self.data_config
-        n_train, n_val, n_test = d.num_train, d.num_val, d.num_test
-        phantom = generate_phantom(
-            n_train + n_val + n_test, PhantomConfig(size=d.image_size, seed=d.phantom_seed)
+        data = phantom_arrays(d, self.params.annotators, self.cache_dir)
+        # Radiomics targets from the image and the (possibly reader-drawn) mask; statistics from the
+        # training split only. Test and external samples get no target: never used at inference.
+        labelled = np.concatenate([data.train_idx, data.val_idx])
+        features = np.full((len(data.images), len(FEATURE_NAMES)), np.nan)
+        features[labelled] = cached_features(
+            data.images[labelled],
+            data.masks[labelled],
+            self.cache_dir,
+            workers=d.radiomics_workers,
+            progress=progress,
         )
-        images, masks, levels = phantom.images, phantom.masks, phantom.levels
-        info: dict[str, Any] = {"source": "phantom"}
-        if self.params.annotators is not None:
-            labelled = slice(0, n_train + n_val)  # readers label training and validation data only
-            noisy = apply_annotators(masks[labelled], levels[labelled], self.params.annotators)
-            masks = np.concatenate([noisy.masks, masks[n_train + n_val :]])
-            levels = np.concatenate([noisy.levels, levels[n_train + n_val :]])
-            info["annotators"] = {
-                "reader_styles": noisy.reader_styles,
-                "reader_per_sample": noisy.reader.tolist(),
-                "grade_changed_fraction": float(noisy.flipped.mean()),
-                "contour_fallbacks": int(noisy.fallback.sum()),
-            }
-        labels = levels.astype(np.int64) - 1
-        # Radiomics targets come from the image and the (possibly reader-drawn) training mask.
-        features = cached_features(
-            images, masks, self.cache_dir, workers=d.radiomics_workers, progress=progress
-        )
-        train = slice(0, n_train)
-        mean, std = radiomics_statistics(features[train])
+        mean, std = radiomics_statistics(features[data.train_idx])
         clinical = standardise(features, mean, std)
+        train_labels = data.labels[data.train_idx]
         self.class_weights = (
-            torch.tensor(balanced_class_weights(labels[train], len(CLASS_NAMES)), dtype=torch.float32)
+            torch.tensor(balanced_class_weights(train_labels, len(CLASS_NAMES)), dtype=torch.float32)
             if self.params.class_weighting
             else None
         )
 
-        def split(sl: slice) -> ThyroidArrays:
-            return ThyroidArrays(images[sl], masks[sl], labels[sl], clinical[sl])
+        def subset(idx: np.ndarray) -> ThyroidArrays:
+            return ThyroidArrays(data.images[idx], data.masks[idx], data.labels[idx], clinical[idx])
 
-        test = split(slice(n_train + n_val, None)) if n_test > 0 else None
-        counts = {name: int((labels[train] == i).sum()) for i, name in enumerate(CLASS_NAMES)}
+        external = None
+        if data.external is not None:
+            ext_images, ext_masks, ext_labels = data.external
+            no_target = np.full((len(ext_images), len(FEATURE_NAMES)), np.nan, dtype=np.float32)
+            external = ThyroidArrays(ext_images, ext_masks, ext_labels, no_target)
+        counts = {name: int((train_labels == i).sum()) for i, name in enumerate(CLASS_NAMES)}
         return DataSplits(
-            train=split(train),
-            val=split(slice(n_train, n_train + n_val)),
-            test=test,
+            train=subset(data.train_idx),
+            val=subset(data.val_idx),
+            test=subset(data.test_idx) if len(data.test_idx) else None,
+            external=external,
             info={
-                **info,
+                **data.info,
                 "train_class_counts": counts,
                 "radiomics_mean": mean.tolist(),
                 "radiomics_std": std.tolist(),
@@ -194,29 +166,33 @@ class ThyroidTask(TaskDefinition):
     # ------------------------------------------------------------------ model
     def build_heads(self, contract: FeatureContract) -> nn.ModuleDict:
         p = self.params
-        return nn.ModuleDict(
-            {
-                "seg": SegmentationHead(contract),
-                "cls": ClinicallyGuidedClassifier(
-                    contract,
-                    num_classes=len(CLASS_NAMES),
-                    embedding_dim=p.embedding_dim,
-                    n_clinical=len(FEATURE_NAMES),
-                    hidden=p.classifier_hidden,
-                    dropout=p.dropout,
-                ),
-            }
-        )
+        heads = nn.ModuleDict()
+        if "seg" in p.tasks:
+            heads["seg"] = SegmentationHead(contract)
+        if "cls" in p.tasks:
+            heads["cls"] = ClinicallyGuidedClassifier(
+                contract,
+                num_classes=len(CLASS_NAMES),
+                embedding_dim=p.embedding_dim,
+                n_clinical=len(FEATURE_NAMES),
+                hidden=p.classifier_hidden,
+                dropout=p.dropout,
+            )
+        return heads
 
     def compute_losses(self, output: ModelOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        seg_logits = output.outputs["seg"]
-        cls = output.outputs["cls"]
-        losses = {"seg": soft_dice_loss(seg_logits, batch["mask"])}
-        weight = None if self.class_weights is None else self.class_weights.to(cls["logits"].device)
-        losses["cls"] = F.cross_entropy(cls["logits"].float(), batch["label"], weight=weight)
-        if self.params.clinical_guidance:
-            losses["clin"] = masked_mse(cls["h_tirads"], batch["clinical"])
+        names = self.task_names
+        losses = {}
+        if "seg" in names:
+            losses["seg"] = soft_dice_loss(output.outputs["seg"], batch["mask"])
+        if "cls" in names:
+            cls = output.outputs["cls"]
+            weight = None if self.class_weights is None else self.class_weights.to(cls["logits"].device)
+            # label −1: no TI-RADS level for this sample (its pairs drop out of RLAR as well)
+            losses["cls"] = weighted_cross_entropy(cls["logits"], batch["label"], weight)
+        if "clin" in names:
+            losses["clin"] = masked_mse(output.outputs["cls"]["h_tirads"], batch["clinical"])
         return losses
 
     def evaluator(self) -> ThyroidEvaluator:
-        return ThyroidEvaluator()
+        return ThyroidEvaluator(self.task_names)
