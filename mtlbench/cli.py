@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from mtlbench.errors import ConfigError, DataError
+
 app = typer.Typer(
     name="mtlbench",
     help="Multitask optimisation benchmarks for medical imaging: one trainer, every method, every backbone.",
@@ -29,7 +31,6 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from mtlbench.errors import ConfigError, DataError
     from mtlbench.registry import UnknownNameError
 
     return (ConfigError, DataError, UnknownNameError)
@@ -181,6 +182,38 @@ def config_show(
 
     typer.echo(f"# run id: {resolved.run_id}")
     typer.echo(to_yaml(resolved.config.to_dict()).rstrip())
+
+
+@app.command("ablate-features")
+def ablate_features(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<task>/<method>-<backbone>-<id>).")],
+    split: Annotated[str, typer.Option(help="val, test or external.")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Leave-one-feature-out (paper Table 5): zero each clinical feature's classifier weight, re-evaluate."""
+    errors = _user_errors()
+    try:
+        from mtlbench.reload import reload_run
+
+        run = reload_run(run_dir, checkpoint)
+        datasets = run.splits.evaluation_splits()
+        if split not in datasets:
+            raise ConfigError(f"split {split!r} is not available for this run (has: {', '.join(datasets)})")
+    except errors as exc:
+        _fail(str(exc))
+        return
+    from mtlbench import atomic
+    from mtlbench.tasks.thyroid.ablations import format_feature_ablation, leave_one_feature_out
+
+    try:
+        rows = leave_one_feature_out(lambda: run.trainer.evaluate(datasets[split]), run.trainer.model)
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    out = run.folder.root / f"feature_ablation_{split}.json"
+    atomic.write_json(out, {"split": split, "checkpoint": checkpoint, "rows": rows})
+    typer.echo(format_feature_ablation(rows))
+    typer.echo(f"written: {out}")
 
 
 data_app = typer.Typer(help="Inspect local data sets.", no_args_is_help=True)

@@ -88,6 +88,9 @@ class RunConfig:
     preset: str = "quick"
     seed: int = 0
     output_dir: str = "runs"
+    #: An nnU-Net v2 ``checkpoint_final.pth`` loaded into the encoder and, where shapes match, the
+    #: segmentation decoder (the paper's pretrained nnU-Net); the match report is saved with the run.
+    nnunet_checkpoint: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     task_args: dict[str, Any] = field(default_factory=dict)
@@ -326,15 +329,17 @@ def resolve_config(
     overrides: list[str] | None = None,
     config_file: str | Path | None = None,
     preset: str | None = None,
+    values: dict[str, Any] | None = None,
     **top_level: Any,
 ) -> RunConfig:
     """Merge defaults, preset, file and overrides into a validated :class:`RunConfig`.
 
+    ``values`` is a mapping applied before the file (e.g. a saved run's configuration);
     ``top_level`` carries command-line options such as ``task=`` and ``method=``; ``None`` values
     are ignored. Sections ``task_args``/``method_args``/``backbone_args`` are checked later against
     the chosen registry entries (:func:`mtlbench.resolve.resolve_run`).
     """
-    tree: dict[str, Any] = {}
+    tree: dict[str, Any] = dict(values or {})
     if config_file is not None:
         tree = deep_merge(tree, load_config_file(config_file))
     tree = deep_merge(tree, parse_overrides(overrides or []))

@@ -35,6 +35,7 @@ class PreparedRun:
     method: MultiTaskMethod
     model: MultiTaskModel
     device: torch.device
+    pretrained: Any = None  # the nnU-Net checkpoint's match report, if one was loaded
 
     @property
     def config(self) -> RunConfig:
@@ -79,7 +80,19 @@ def prepare_run(config: RunConfig) -> PreparedRun:
             f"the deepest stride of backbone {cfg.backbone!r}"
         )
     model = MultiTaskModel(backbone, task.build_heads(backbone.contract))
-    return PreparedRun(resolved, task, method, model, device)
+    pretrained = None
+    if cfg.nnunet_checkpoint is not None:
+        if cfg.backbone_args.get("pretrained"):
+            raise ConfigError("set either nnunet_checkpoint or backbone_args.pretrained, not both")
+        if not Path(cfg.nnunet_checkpoint).is_file():
+            raise ConfigError(f"nnunet_checkpoint {cfg.nnunet_checkpoint!r} does not exist")
+        from mtlbench.backbones.nnunet_checkpoint import load_nnunet_checkpoint
+
+        try:
+            pretrained = load_nnunet_checkpoint(model, cfg.nnunet_checkpoint)
+        except ValueError as exc:
+            raise ConfigError(f"nnunet_checkpoint: {exc}") from None
+    return PreparedRun(resolved, task, method, model, device, pretrained)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -115,6 +128,10 @@ def run_experiment(
     folder.create(cfg)
     if restart:
         folder.reset()
+    if prep.pretrained is not None:
+        from mtlbench import atomic
+
+        atomic.write_text(folder.root / "pretrained_report.txt", prep.pretrained.format_report(verbose=True))
     trainer = Trainer(cfg, prep.task, model, method, splits, folder, precision)
     resumed = folder.has_checkpoint()
     if resumed:
@@ -152,6 +169,7 @@ def run_experiment(
         "peak_memory_kind": peak_kind,
         "precision": precision.mode,
         "resumed": resumed,
+        "pretrained": None if prep.pretrained is None else prep.pretrained.to_dict(),
         "data": splits.info,
         "versions": versions(),
         "device": device_info(device),

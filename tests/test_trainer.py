@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mtlbench.config import resolve_config
+from mtlbench.config import ConfigError, resolve_config
 from mtlbench.registry import list_methods
 from mtlbench.resolve import resolve_run
 from mtlbench.results import read_index
@@ -124,3 +124,26 @@ def test_every_registered_method_trains_through_the_runner(tmp_path, method: str
             assert 0.0 <= result["metrics"][split][key] <= 1.0
     first = json.loads(outcome.folder.metrics_path.read_text().splitlines()[0])
     assert all(v == v for v in first["train"].values()), first["train"]  # no NaN in the logs
+
+
+def test_nnunet_checkpoint_initialises_the_run_and_is_reported(tmp_path) -> None:
+    from tests.backbones.test_nnunet_checkpoint import nnunet_network, save_checkpoint
+
+    checkpoint = save_checkpoint(nnunet_network(), tmp_path / "checkpoint_final.pth")
+    overrides = tiny_run_overrides(tmp_path, **{"train.epochs": 1, "data.num_external": 0})
+    overrides = [o for o in overrides if not o.startswith("backbone_args.")]
+    overrides += [
+        "backbone_args.n_stages=4",
+        "backbone_args.features_per_stage=[8, 16, 32, 64]",
+        f"nnunet_checkpoint={checkpoint}",
+    ]
+    cfg = resolve_config(overrides, method="vanilla", backbone="nnunet_plain")
+    prepared = prepare_run(cfg)
+    expected = nnunet_network().state_dict()["encoder.stages.0.0.convs.0.conv.weight"]
+    assert torch.equal(prepared.model.backbone.encoder.stages[0][0].convs[0].conv.weight, expected)
+    outcome = run_experiment(cfg, prepared=prepared)
+    assert (outcome.folder.root / "pretrained_report.txt").is_file()
+    assert outcome.result["pretrained"]["encoder"]
+    missing = resolve_config([*overrides[:-1], "nnunet_checkpoint=/nope.pth"], backbone="nnunet_plain")
+    with pytest.raises(ConfigError, match="nnunet_checkpoint '/nope.pth' does not exist"):
+        prepare_run(missing)
