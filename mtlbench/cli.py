@@ -136,6 +136,53 @@ def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyp
     console.print(f"run folder: {outcome.folder.root}")
 
 
+@app.command()
+def cv(
+    overrides: OverridesArg = None,
+    task: TaskOpt = None,
+    method: MethodOpt = None,
+    backbone: BackboneOpt = None,
+    config: ConfigOpt = None,
+    preset: PresetOpt = None,
+    folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (the paper: 3).")] = 3,
+) -> None:
+    """k-fold cross-validation (grouped by patient, the same folds for every method): mean ± std."""
+    errors = _user_errors()
+    try:
+        from mtlbench.config import resolve_config
+
+        cfg = resolve_config(
+            overrides=overrides or [],
+            config_file=config,
+            preset=preset,
+            task=task,
+            method=method,
+            backbone=backbone,
+        )
+        from rich.console import Console
+
+        from mtlbench.cv import run_cv
+        from mtlbench.progress import TrainingProgress
+        from mtlbench.summary import cv_table
+
+        with TrainingProgress(live=cfg.train.progress) as progress:
+            outcome = run_cv(cfg, folds, progress=progress)
+    except errors as exc:
+        _fail(str(exc))
+        return
+    columns = _summary_columns(cfg.task)
+    console = Console()
+    console.print(cv_table(outcome.summary, columns))
+    console.print(f"fold runs: {', '.join(str(o.folder.root) for o in outcome.folds)}")
+    console.print(f"summary: {outcome.path}")
+
+
+def _summary_columns(task: str) -> tuple[tuple[str, str], ...]:
+    from mtlbench.registry import TASKS
+
+    return TASKS.get(task).obj.summary_metrics
+
+
 @app.command("list")
 def list_entries(
     kind: Annotated[

@@ -24,3 +24,20 @@ def summary_table(result: dict[str, Any], columns: Sequence[tuple[str, str]]) ->
     for split, metrics in result["metrics"].items():
         table.add_row(split, *(format_metric(metrics.get(key, "–")) for key, _ in columns))
     return table
+
+
+def cv_table(summary: dict[str, Any], columns: Sequence[tuple[str, str]]) -> Table:
+    """Mean ± std over the folds, one row per split."""
+    table = Table(
+        title=f"{summary['task']} · {summary['method']} · {summary['backbone']} · {summary['folds']}-fold CV"
+    )
+    table.add_column("split", style="bold")
+    for _, header in columns:
+        table.add_column(header, justify="right")
+    for split, metrics in summary["metrics"].items():
+        cells = []
+        for key, _ in columns:
+            m = metrics.get(key)
+            cells.append("–" if m is None else f"{format_metric(m['mean'])} ± {format_metric(m['std'])}")
+        table.add_row(split, *cells)
+    return table

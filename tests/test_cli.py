@@ -136,3 +136,10 @@ def test_ablate_features_writes_table5_rows(tmp_path) -> None:
     assert all("delta_f1" in row for row in rows)
     bad = mtlbench("ablate-features", str(folder), "--split", "external", cwd=tmp_path)
     assert bad.returncode == 2 and "split 'external' is not available" in bad.stderr
+
+
+def test_cv_command_prints_mean_and_std(tmp_path) -> None:
+    overrides = tiny_run_overrides(tmp_path, **{"train.epochs": 1, "data.num_external": 0})
+    result = mtlbench("cv", "--method", "vanilla", "--folds", "2", *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2-fold CV" in result.stdout and "±" in result.stdout and "summary: " in result.stdout
