@@ -13,6 +13,10 @@ BUILTIN: dict[str, dict[str, tuple[str, str]]] = {
             "mtlbench.tasks.thyroid.task",
             "Thyroid ultrasound: nodule segmentation, TI-RADS grading, clinically guided radiomics slice.",
         ),
+        "toy": (
+            "mtlbench.tasks.toy.problem",
+            "Two-objective toy problem (Liu et al. 2021, Fig. 1) for visualising how methods combine conflicting gradients.",
+        ),
     },
     "methods": {
         "vanilla": (

@@ -263,6 +263,38 @@ def ablate_features(
     typer.echo(f"written: {out}")
 
 
+plot_app = typer.Typer(help="Figures.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("toy")
+def plot_toy_command(
+    methods: Annotated[
+        str, typer.Option("--methods", "-m", help="Comma-separated methods, one panel each.")
+    ] = "vanilla,pcgrad,mgda,cagrad,nash_mtl",
+    steps: Annotated[int, typer.Option(help="Adam steps per start (the papers: 100000 at lr 1e-3).")] = 20000,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (the papers: 1e-3).")] = 1e-3,
+    starts: Annotated[str, typer.Option(help="nash_mtl (5 points) or cagrad (3 points).")] = "nash_mtl",
+    f1_scale: Annotated[float, typer.Option(help="Multiply f1 (0.1 = Nash-MTL's imbalanced variant).")] = 1.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("toy.png"),
+) -> None:
+    """Trajectories of methods on the two-objective toy problem (CAGrad paper, Fig. 1)."""
+    from mtlbench.plots.toy import plot_toy
+    from mtlbench.tasks.toy.problem import CAGRAD_STARTS, NASH_MTL_STARTS
+
+    points = {"nash_mtl": NASH_MTL_STARTS, "cagrad": CAGRAD_STARTS}.get(starts)
+    if points is None:
+        _fail(f"--starts must be nash_mtl or cagrad, got {starts!r}")
+        return
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        path = plot_toy(names, out, steps=steps, lr=lr, starts=points, f1_scale=f1_scale, report=typer.echo)
+    except (*_user_errors(), ValueError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"wrote {path}")
+
+
 data_app = typer.Typer(help="Inspect local data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -143,3 +143,25 @@ def test_cv_command_prints_mean_and_std(tmp_path) -> None:
     result = mtlbench("cv", "--method", "vanilla", "--folds", "2", *overrides, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "2-fold CV" in result.stdout and "±" in result.stdout and "summary: " in result.stdout
+
+
+def test_plot_toy_draws_each_method_and_skips_representation_methods(tmp_path) -> None:
+    out = tmp_path / "toy.png"
+    result = mtlbench(
+        "plot",
+        "toy",
+        "--methods",
+        "vanilla,rlar",
+        "--steps",
+        "20",
+        "--starts",
+        "cagrad",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and out.stat().st_size > 1000
+    assert (
+        "rlar" in result.stdout + result.stderr and "shared representation" in result.stdout + result.stderr
+    )

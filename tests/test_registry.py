@@ -18,7 +18,7 @@ def test_wildcards_and_builtins() -> None:
     assert METHODS.names("rl*") == ["rlar", "rlw"]
     assert METHODS.names("*_mtl") == ["aligned_mtl", "nash_mtl", "rep_mtl"]
     assert "unet_small" in BACKBONES.names("*unet*")
-    assert TASKS.names() == ["thyroid"]
+    assert TASKS.names() == ["thyroid", "toy"]
 
 
 def test_unknown_name_suggests_close_matches() -> None:
