@@ -105,10 +105,13 @@ def grouped_folds(
 
     counts = np.zeros((k, n_classes), dtype=np.float64)
     assign = np.empty(n_groups, dtype=np.int64)
-    for g in order:
+    for position, g in enumerate(order):
         h = hist[g]
         # Increase of sum_c (n_fc - t_c)^2 / t_c when adding h to fold f.
         delta = ((h * h + 2.0 * h * (counts - target)) / target).sum(axis=1)
+        empty = np.flatnonzero(counts.sum(axis=1) == 0)
+        if len(empty) >= n_groups - position:  # as many groups left as empty folds: fill those first
+            delta = np.where(counts.sum(axis=1) == 0, delta, np.inf)
         best = np.flatnonzero(np.isclose(delta, delta.min(), rtol=0.0, atol=1e-9))
         f = int(best[np.argmin(fold_rank[best])])
         assign[g] = f

@@ -250,6 +250,8 @@ class Trainer:
             sums: dict[str, float] = defaultdict(float)
             counts: dict[str, int] = defaultdict(int)
             batches = epoch_batches(n_train, tc.steps_per_epoch, tc.batch_size, self.config.seed, epoch)
+            if hasattr(self.splits.train, "set_epoch"):  # fresh, reproducible augmentations per epoch
+                self.splits.train.set_epoch(epoch)
             images = 0
             if progress is not None:
                 progress.start_epoch(epoch + 1, tc.epochs, tc.steps_per_epoch)

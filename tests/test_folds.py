@@ -165,3 +165,12 @@ def test_load_or_create_reuses_identical_folds(tmp_path: Path) -> None:
     np.testing.assert_array_equal(first, grouped_folds(groups, labels, 3, seed=5))
     with pytest.raises(ValueError, match="seed=6"):
         load_or_create_folds(path, ids, groups, labels, n_folds=3, seed=6)
+
+
+def test_as_many_groups_as_folds_gives_one_group_per_fold() -> None:
+    # a regression: 3 unevenly sized groups into 3 folds once left a fold empty
+    groups = ["a"] * 5 + ["b"] * 3 + ["c"] * 2
+    labels = [3, 3, 3, 3, 3, 4, 4, 4, 1, 1]
+    for seed in range(5):
+        folds = grouped_folds(groups, labels, n_folds=3, seed=seed)
+        assert sorted(set(folds.tolist())) == [0, 1, 2]

@@ -186,8 +186,14 @@ class SegmentationMeter:
         self._sums = {"dice": 0.0, "iou": 0.0, "hd95": 0.0}
         self._n = 0
 
-    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
-        """Score and accumulate one ``(H, W)`` pair or a ``(B, H, W)`` batch of pairs."""
+    def update(
+        self, pred: np.ndarray, target: np.ndarray, spacings: Sequence[tuple[float, float]] | None = None
+    ) -> None:
+        """Score and accumulate one ``(H, W)`` pair or a ``(B, H, W)`` batch of pairs.
+
+        ``spacings`` gives each image's own pixel spacing (e.g. original pixels per pixel of a resized
+        image, so that HD95 is reported in the original geometry); it overrides the meter's spacing.
+        """
         p, t = np.asarray(pred), np.asarray(target)
         if p.shape != t.shape or p.ndim not in (2, 3):
             raise ValueError(
@@ -196,8 +202,13 @@ class SegmentationMeter:
             )
         if p.ndim == 2:
             p, t = p[None], t[None]
-        for p_i, t_i in zip(p, t, strict=True):
-            for key, value in segmentation_scores(p_i, t_i, self.spacing).items():
+        per_image = [self.spacing] * len(p) if spacings is None else [_check_spacing(sp) for sp in spacings]
+        if len(per_image) != len(p):
+            raise ValueError(
+                f"`spacings` should have one entry per image. Found {len(per_image)} for {len(p)}."
+            )
+        for p_i, t_i, sp in zip(p, t, per_image, strict=True):
+            for key, value in segmentation_scores(p_i, t_i, sp).items():
                 self._sums[key] += value
             self._n += 1
 

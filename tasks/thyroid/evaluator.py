@@ -32,7 +32,11 @@ class ThyroidEvaluator:
     def update(self, output: ModelOutput, batch: dict[str, Tensor]) -> None:
         if "seg" in self.task_names:
             pred_mask = (output.outputs["seg"].detach().float() > 0).squeeze(1).cpu().numpy()
-            self.seg.update(pred_mask, batch["mask"].squeeze(1).cpu().numpy() > 0.5)
+            # Resized real images carry their original pixels per pixel: HD95 in the original geometry.
+            spacings = None
+            if "pixel_spacing" in batch:
+                spacings = [(float(s), float(s)) for s in batch["pixel_spacing"].cpu().tolist()]
+            self.seg.update(pred_mask, batch["mask"].squeeze(1).cpu().numpy() > 0.5, spacings)
         if "cls" in self.task_names:
             cls = output.outputs["cls"]
             labels = batch["label"].cpu().numpy()

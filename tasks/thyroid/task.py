@@ -22,7 +22,7 @@ from .evaluator import CLASS_NAMES, ThyroidEvaluator
 from .heads import ClinicallyGuidedClassifier, SegmentationHead
 from .radiomics import FEATURE_NAMES
 
-DATA_FORMATS = ("phantom",)
+DATA_FORMATS = ("phantom", "thyroidxl", "aimi", "folder", "ddti", "tn3k")
 TASKS = ("seg", "cls")
 
 
@@ -100,6 +100,16 @@ class ThyroidTask(TaskDefinition):
             raise DataError(
                 f"unknown data.format {d.format!r} for task thyroid (available: {', '.join(DATA_FORMATS)})"
             )
+        if d.format != "phantom" and d.root is None:
+            raise DataError(f"data.format is {d.format!r} but data.root is not set")
+        if d.external_root is not None:
+            if not Path(d.external_root).exists():
+                raise DataError(f"data.external_root {d.external_root!r} does not exist")
+            if d.external_format not in DATA_FORMATS[1:]:
+                raise DataError(
+                    f"data.external_format {d.external_format!r} is not a data-set format "
+                    f"(available: {', '.join(DATA_FORMATS[1:])})"
+                )
         if d.root is not None:
             if not Path(d.root).exists():
                 raise DataError(f"data.root {d.root!r} does not exist")
@@ -116,6 +126,8 @@ class ThyroidTask(TaskDefinition):
                 raise DataError(f"data.{key} must be at least 1, got {getattr(d, key)}")
 
     def prepare(self, progress: bool = True) -> DataSplits:
+        if self.data_config.format != "phantom":
+            return self._prepare_real(progress)
         from .phantom_data import phantom_arrays
         from .radiomics_cache import cached_features
 
@@ -160,6 +172,31 @@ class ThyroidTask(TaskDefinition):
                 "train_class_counts": counts,
                 "radiomics_mean": mean.tolist(),
                 "radiomics_std": std.tolist(),
+            },
+        )
+
+    def _prepare_real(self, progress: bool) -> DataSplits:
+        from .real_data import real_splits
+
+        data = real_splits(self.data_config, self.cache_dir, self.seed, progress)
+        train_labels = data["train_labels"]
+        known = train_labels[train_labels >= 0]
+        self.class_weights = (
+            torch.tensor(balanced_class_weights(known, len(CLASS_NAMES)), dtype=torch.float32)
+            if self.params.class_weighting
+            else None
+        )
+        counts = {name: int((train_labels == i).sum()) for i, name in enumerate(CLASS_NAMES)}
+        return DataSplits(
+            train=data["train"],
+            val=data["val"],
+            test=data["test"],
+            external=data["external"],
+            info={
+                **data["info"],
+                "train_class_counts": counts,
+                "radiomics_mean": data["radiomics_mean"].tolist(),
+                "radiomics_std": data["radiomics_std"].tolist(),
             },
         )
 

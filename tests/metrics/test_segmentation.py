@@ -305,3 +305,17 @@ def test_meter_single_images_reset_and_empty() -> None:
         meter.update(pred, target[:1])
     with pytest.raises(ValueError, match="equal shapes"):
         meter.update(pred[None], target[None])
+
+
+def test_meter_per_image_spacing_scales_hd95() -> None:
+    from mtlbench.metrics.segmentation import SegmentationMeter, hd95
+
+    a = np.zeros((2, 20, 20), dtype=bool)
+    b = np.zeros((2, 20, 20), dtype=bool)
+    a[:, 5:10, 5:10] = True
+    b[:, 7:12, 5:10] = True
+    meter = SegmentationMeter()
+    meter.update(a, b, spacings=[(1.0, 1.0), (2.5, 2.5)])
+    expected = (hd95(a[0], b[0]) + hd95(a[1], b[1], spacing=(2.5, 2.5))) / 2
+    assert meter.compute()["hd95"] == pytest.approx(expected)
+    assert hd95(a[1], b[1], spacing=(2.5, 2.5)) == pytest.approx(2.5 * hd95(a[0], b[0]))
