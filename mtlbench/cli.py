@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mtlbench.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from mtlbench.config import RunConfig
 
 app = typer.Typer(
     name="mtlbench",
@@ -48,11 +51,18 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML fil
 PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="quick (CPU try-out) or paper.")]
 
 
-def _resolve(task, method, backbone, config, preset, overrides):  # type: ignore[no-untyped-def]
+def _config(
+    task: str | None,
+    method: str | None,
+    backbone: str | None,
+    config: Path | None,
+    preset: str | None,
+    overrides: list[str] | None,
+) -> RunConfig:
+    """The run configuration from the command's options (validated, registry sections unchecked)."""
     from mtlbench.config import resolve_config
-    from mtlbench.resolve import resolve_run
 
-    cfg = resolve_config(
+    return resolve_config(
         overrides=overrides or [],
         config_file=config,
         preset=preset,
@@ -60,7 +70,6 @@ def _resolve(task, method, backbone, config, preset, overrides):  # type: ignore
         method=method,
         backbone=backbone,
     )
-    return resolve_run(cfg)
 
 
 @app.command()
@@ -78,18 +87,9 @@ def run(
     """Train one task with one method and backbone; resumes an interrupted run with the same config."""
     errors = _user_errors()
     try:
-        from mtlbench.config import resolve_config
         from mtlbench.runner import prepare_run
 
-        cfg = resolve_config(
-            overrides=overrides or [],
-            config_file=config,
-            preset=preset,
-            task=task,
-            method=method,
-            backbone=backbone,
-        )
-        prepared = prepare_run(cfg)
+        prepared = prepare_run(_config(task, method, backbone, config, preset, overrides))
     except errors as exc:
         _fail(str(exc))
         return
@@ -149,16 +149,7 @@ def cv(
     """k-fold cross-validation (grouped by patient, the same folds for every method): mean ± std."""
     errors = _user_errors()
     try:
-        from mtlbench.config import resolve_config
-
-        cfg = resolve_config(
-            overrides=overrides or [],
-            config_file=config,
-            preset=preset,
-            task=task,
-            method=method,
-            backbone=backbone,
-        )
+        cfg = _config(task, method, backbone, config, preset, overrides)
         from rich.console import Console
 
         from mtlbench.cv import run_cv
@@ -221,7 +212,9 @@ def config_show(
     """Print the fully resolved configuration (YAML) and its run id."""
     errors = _user_errors()
     try:
-        resolved = _resolve(task, method, backbone, config, preset, overrides)
+        from mtlbench.resolve import resolve_run
+
+        resolved = resolve_run(_config(task, method, backbone, config, preset, overrides))
     except errors as exc:
         _fail(str(exc))
         return
