@@ -169,7 +169,7 @@ def restore_geometry(
 
 
 # ------------------------------------------------------------------------------------------------ the cache
-@dataclass
+@dataclass(eq=False)
 class PreprocessedCache:
     """A built cache: its folder, its per-sample geometry, and the arrays, mapped on first use.
 
