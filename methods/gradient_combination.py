@@ -26,8 +26,40 @@ def flat_grads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
 
 
-def task_gradient_matrix(losses: Sequence[Tensor], params: Sequence[nn.Parameter]) -> Tensor:
-    """The T×P matrix of per-task gradients of ``params``, kept on the parameters' device."""
+def task_gradient_matrix(
+    losses: Sequence[Tensor], params: Sequence[nn.Parameter], batched: bool | None = None
+) -> Tensor:
+    """The T×P matrix of per-task gradients of ``params``, kept on the parameters' device.
+
+    ``batched`` takes all T gradients in one vectorised backward (``is_grads_batched``); ``None``
+    picks it on CUDA only: on the CPU it measured about 7× slower than T plain backward passes
+    (unet_small, 64 px, batch 8). Operators without a batching rule fall back to the loop.
+    """
+    if batched is None:
+        batched = bool(params) and params[0].device.type == "cuda"
+    if batched and all(loss.requires_grad for loss in losses):
+        try:
+            grads = torch.autograd.grad(
+                torch.stack(list(losses)),
+                list(params),
+                grad_outputs=torch.eye(len(losses), device=losses[0].device, dtype=losses[0].dtype),
+                retain_graph=True,
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+            return torch.cat(
+                [
+                    (
+                        torch.zeros(len(losses), p.numel(), device=p.device, dtype=p.dtype)
+                        if g is None
+                        else g
+                    ).reshape(len(losses), -1)
+                    for g, p in zip(grads, params)
+                ],
+                dim=1,
+            )
+        except RuntimeError:
+            pass  # no batching rule for some operator: one backward per task instead
     rows = []
     for loss in losses:
         if not loss.requires_grad:

@@ -66,3 +66,20 @@ def test_one_step_reaches_every_parameter(method: str, backbone: str, tmp_path: 
     assert not missing, f"no gradient for {missing[:5]}"
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradient for {bad[:5]}"
+
+
+def test_batched_task_gradients_equal_one_backward_per_task(tmp_path: Path) -> None:
+    from mtlbench.methods.gradient_combination import task_gradient_matrix
+
+    torch.manual_seed(0)
+    task = create_task(
+        "thyroid", ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, tmp_path
+    )
+    bb = create_backbone("unet_small", **SMALL_BACKBONE_OPTIONS["unet_small"])
+    model = MultiTaskModel(bb, task.build_heads(bb.contract))
+    batch = thyroid_batch()
+    losses = list(task.compute_losses(model(batch["image"]), batch).values())
+    loop = task_gradient_matrix(losses, model.shared_parameters(), batched=False)
+    batched = task_gradient_matrix(losses, model.shared_parameters(), batched=True)
+    assert loop.shape == (3, sum(p.numel() for p in model.shared_parameters()))
+    assert torch.allclose(loop, batched, atol=1e-6)
