@@ -128,3 +128,28 @@ def test_annotator_noise_changes_training_labels_only(tmp_path) -> None:  # type
     )
     assert cfg.task_params.annotators == AnnotatorConfig(n_readers=3, grade_flip_prob=0.1)
     assert cfg.run_id != resolve_run(resolve_config()).run_id
+
+
+def test_paper_baselines_on_the_noisy_phantom_report_test_and_external(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mtlbench.config import resolve_config
+    from mtlbench.results import read_index
+    from mtlbench.runner import run_experiment
+    from tests.tiny import tiny_run_overrides
+
+    noisy = ["task_args.annotators.n_readers=3", "task_args.annotators.grade_flip_prob=0.2"]
+    settings = {
+        "single-task cls": ("vanilla", ["task_args.tasks=[cls]", "task_args.clinical_guidance=false"]),
+        "single-task seg": ("vanilla", ["task_args.tasks=[seg]"]),
+        "vanilla multitask": ("vanilla", ["task_args.clinical_guidance=false"]),
+        "clinically guided": ("vanilla", []),
+        "+RLAR": ("rlar", []),
+    }
+    base = tiny_run_overrides(tmp_path, **{"train.epochs": 1, "data.num_external": 8})
+    for method, extra in settings.values():
+        run_experiment(resolve_config([*base, *noisy, *extra], method=method))
+    index = read_index(tmp_path / "runs")
+    assert len(index) == len(settings)
+    for entry in index:
+        assert {"val", "test", "external"} <= set(entry["metrics"]), entry
+    by_tasks = {tuple(sorted(k for k in ("dice", "f1") if k in e["metrics"]["test"])) for e in index}
+    assert by_tasks == {("f1",), ("dice",), ("dice", "f1")}
