@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -61,3 +63,23 @@ class TrainingProgress:
         if record["best"]:
             parts.append("[green]best[/green]")
         self.console.print("  ".join(dict.fromkeys(parts)))
+
+
+@contextmanager
+def counting_bar(label: str, enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for ``total`` items; yields ``advance(n)`` (a no-op when disabled)."""
+    if not enabled:
+        yield lambda _n: None
+        return
+    from rich.progress import TimeRemainingColumn
+
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)

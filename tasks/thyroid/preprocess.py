@@ -43,9 +43,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -340,31 +339,10 @@ def _write_chunk(start: int, stop: int) -> list[tuple[int, int, float, int, int]
     return _WORKER.write(start, stop)
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress(enabled: bool, total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    from mtlbench.progress import counting_bar
 
-    columns = (
-        TextColumn("preprocess"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("preprocess", total=total)
-        yield lambda n: bar.advance(task, n)
+    return counting_bar("preprocess", enabled, total)
 
 
 def _fill(

@@ -62,14 +62,14 @@ built once per process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
@@ -429,31 +429,10 @@ def _init_worker() -> None:
     _extractor()
 
 
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _progress(enabled: bool, total: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    from mtlbench.progress import counting_bar
 
-    columns = (
-        TextColumn("radiomics"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task("radiomics", total=total)
-        yield lambda n: bar.advance(task, n)
+    return counting_bar("radiomics", enabled, total)
 
 
 def compute_features_batch(
