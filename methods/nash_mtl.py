@@ -122,6 +122,7 @@ def nash_weights(
     if init is not None and bool(torch.isfinite(init).all()) and bool((init > 0).all()):
         candidates.append(init.detach().to("cpu", torch.float64))
     residual, stage_tol = math.inf, tol
+    x: Tensor | None = None
     for ridge, stage_tol in ((0.0, tol), (_RIDGE, _RIDGE_TOL)):
         a = m + ridge * eye
         # Each candidate start on its ray at the optimal length √(T / vᵀAv); keep the lowest f.
@@ -132,6 +133,9 @@ def nash_weights(
         x, residual = _newton(a, x, optim_niter, stage_tol)
         if residual <= stage_tol:
             break
+    if x is None:  # no candidate start had a positive curvature, even with the ridge
+        nan = torch.full((t,), math.nan, device=gram.device, dtype=gram.dtype)
+        raise NashSolverError("Nash-MTL solver found no usable starting point", nan, math.inf)
     alpha = (x / math.sqrt(scale)).to(device=gram.device, dtype=gram.dtype)
     if not residual <= stage_tol:
         raise NashSolverError(

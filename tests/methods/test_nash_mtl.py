@@ -191,3 +191,12 @@ def test_end_to_end_every_parameter_gets_a_finite_gradient() -> None:
             assert p.grad is not None and torch.isfinite(p.grad).all()
     shared_norm = torch.cat([p.grad.flatten() for p in shared.parameters()]).norm()
     assert float(shared_norm) <= 1.0 + 1e-6
+
+
+def test_no_usable_start_is_a_solver_error_not_a_crash() -> None:
+    # not positive semi-definite (only rounding could produce it from real gradients): every start
+    # direction has negative curvature; this once ended in an UnboundLocalError
+    from mtlbench.methods.nash_mtl import NashSolverError, nash_weights
+
+    with pytest.raises(NashSolverError, match="no usable starting point"):
+        nash_weights(torch.tensor([[1.0, -2.0], [-2.0, 1.0]]))
