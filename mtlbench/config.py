@@ -120,7 +120,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # mixed precision, nnU-Net encoder at 512 px.
     "paper": {
         "backbone": "nnunet_plain",
-        "data": {"image_size": 512, "num_train": 2000, "num_val": 400, "num_test": 400},
+        "data": {"image_size": 512, "num_train": 2000, "num_val": 400, "num_test": 400, "augment": True},
         "train": {
             "epochs": 500,
             "steps_per_epoch": 250,
