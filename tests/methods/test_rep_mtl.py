@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mtlbench.losses import masked_mse, soft_dice_loss
 from mtlbench.methods import rep_mtl
 from mtlbench.methods.base import StepInputs
 from mtlbench.methods.rep_mtl import (
@@ -21,54 +19,20 @@ from mtlbench.methods.rep_mtl import (
     tsr_entropy,
 )
 from mtlbench.model import named_representations
+from tests.methods.tiny_nets import TinyNet as RepTinyNet
+from tests.methods.tiny_nets import losses_of
+from tests.methods.tiny_nets import make_batch as tiny_batch
 
 TASKS = ("seg", "cls", "clin")
 
 
-class TinyNet(nn.Module):
-    """12 px input → levels of 3, 5 and 4 channels (12², 6², 3²); seg head on all, classifier on the last."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.ModuleList(
-            [
-                nn.Conv2d(1, 3, 3, padding=1),
-                nn.Conv2d(3, 5, 3, stride=2, padding=1),
-                nn.Conv2d(5, 4, 3, stride=2, padding=1),
-            ]
-        )
-        self.seg = nn.Conv2d(3 + 5 + 4, 1, 1)
-        self.embed = nn.Linear(4 * 9, 5)
-        self.cls = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        feats = []
-        for conv in self.enc:
-            x = torch.tanh(conv(x))
-            feats.append(x)
-        size = feats[0].shape[-2:]
-        up = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats]
-        seg = self.seg(torch.cat(up, 1))
-        h = torch.tanh(self.embed(feats[-1].flatten(1)))
-        return feats, {"seg": seg, "h": h, "logits": self.cls(h)}
+def TinyNet() -> RepTinyNet:
+    """12 px input → levels of 3, 5 and 4 channels (12², 6², 3²); the classifier flattens the 3² level."""
+    return RepTinyNet(widths=(3, 5, 4), size=12, embed="flatten", tanh_h=True)
 
 
 def make_batch(b: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(b, 1, 12, 12, generator=g),
-        "mask": (torch.rand(b, 1, 12, 12, generator=g) > 0.6).float(),
-        "label": torch.randint(0, 3, (b,), generator=g),
-        "clinical": torch.randn(b, 2, generator=g),
-    }
-
-
-def losses_of(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {
-        "seg": soft_dice_loss(out["seg"], batch["mask"]),
-        "cls": F.cross_entropy(out["logits"].float(), batch["label"]),
-        "clin": masked_mse(out["h"][:, :2], batch["clinical"]),
-    }
+    return tiny_batch(b, size=12, seed=seed)
 
 
 # -- literal formulas (float64, C×C matrices formed) ----------------------------------------------

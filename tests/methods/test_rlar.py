@@ -7,58 +7,18 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mtlbench.losses import masked_mse, soft_dice_loss
 from mtlbench.methods.base import StepInputs
 from mtlbench.methods.rlar import RLAR, RLARParams, rlar_penalty
 from mtlbench.model import named_representations
+from tests.methods.tiny_nets import TinyNet, make_batch
+from tests.methods.tiny_nets import losses_of as tiny_losses
 
-
-class TinyNet(nn.Module):
-    """Three encoder levels, a segmentation head on all of them, a classifier with a clinical slice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.ModuleList(
-            [
-                nn.Conv2d(1, 4, 3, padding=1),
-                nn.Conv2d(4, 6, 3, stride=2, padding=1),
-                nn.Conv2d(6, 8, 3, stride=2, padding=1),
-            ]
-        )
-        self.seg = nn.Conv2d(4 + 6 + 8, 1, 1)
-        self.embed = nn.Linear(8, 5)
-        self.cls = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        feats = []
-        for conv in self.enc:
-            x = torch.tanh(conv(x))
-            feats.append(x)
-        size = feats[0].shape[-2:]
-        up = [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats]
-        seg = self.seg(torch.cat(up, 1))
-        h = self.embed(feats[-1].mean((2, 3)))
-        return feats, {"seg": seg, "h": h, "logits": self.cls(h)}
-
-
-def make_batch(b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "image": torch.randn(b, 1, 16, 16, generator=g),
-        "mask": (torch.rand(b, 1, 16, 16, generator=g) > 0.6).float(),
-        "label": torch.randint(0, 3, (b,), generator=g),
-        "clinical": torch.randn(b, 2, generator=g),
-    }
+CLASS_WEIGHT = torch.tensor([1.0, 2.0, 0.5])
 
 
 def losses_of(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {
-        "seg": soft_dice_loss(out["seg"], batch["mask"]),
-        "cls": F.cross_entropy(out["logits"].float(), batch["label"], weight=torch.tensor([1.0, 2.0, 0.5])),
-        "clin": masked_mse(out["h"][:, :2], batch["clinical"]),
-    }
+    return tiny_losses(out, batch, CLASS_WEIGHT)
 
 
 def independent_eq6(losses: list[torch.Tensor], z: torch.Tensor, eps: float = 1e-8) -> float:
