@@ -34,7 +34,6 @@ stage's norms and second conv load.
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from mtlbench.backbones.pretrained import _allow_numpy_scalars
+from mtlbench.backbones.pretrained import read_checkpoint
 from mtlbench.model import MultiTaskModel
 
 NO_COUNTERPART = "no counterpart"
@@ -151,16 +150,7 @@ class NnUNetLoadReport:
 def read_network_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The ``network_weights`` of an nnU-Net v2 checkpoint and the rest of the file, read safely."""
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"nnU-Net checkpoint not found: {str(file)!r}")
-    try:
-        with _allow_numpy_scalars():
-            raw = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{str(file)!r} cannot be read with weights_only=True (it pickles more than tensors, plain "
-            f"containers and numpy scalars): {exc}"
-        ) from exc
+    raw = read_checkpoint(file, "nnU-Net checkpoint")
     weights = raw.get("network_weights") if isinstance(raw, Mapping) else None
     if not isinstance(weights, Mapping) or not any(isinstance(v, Tensor) for v in weights.values()):
         found = ", ".join(repr(k) for k in list(raw)[:8]) if isinstance(raw, Mapping) else type(raw).__name__

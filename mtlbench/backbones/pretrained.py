@@ -83,6 +83,26 @@ def _allow_numpy_scalars() -> Iterator[None]:
         yield
 
 
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, numpy scalars allowed (nnU-Net logs them).
+
+    A missing file is a ``FileNotFoundError`` and a file that pickles code a ``ValueError``, both
+    naming the path; ``what`` says what the file was meant to be.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} not found: {str(file)!r}")
+    try:
+        with _allow_numpy_scalars():
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{str(file)!r} cannot be read with weights_only=True (it pickles more than tensors, plain "
+            f"containers and numpy scalars); re-save just its state dict with torch.save(state_dict, path): "
+            f"{exc}"
+        ) from exc
+
+
 def _extract_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
         for key in _NESTED_KEYS:
@@ -119,16 +139,7 @@ def load_pretrained(
     in that case).
     """
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {str(file)!r}")
-    try:
-        with _allow_numpy_scalars():
-            raw = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{str(file)!r} cannot be read with weights_only=True (it pickles more than tensors and "
-            f"plain containers); re-save just its state dict with torch.save(state_dict, path): {exc}"
-        ) from exc
+    raw = read_checkpoint(file, "pretrained weights")
     source = _extract_state_dict(raw, str(file))
 
     for wrapper in _WRAPPER_PREFIXES:
