@@ -180,6 +180,12 @@ class ReaderBase:
             raise DataError(f"{path}: missing {what} of the {self.name} layout")
         return path
 
+    def load(self, record: ThyroidRecord) -> tuple[np.ndarray, np.ndarray]:
+        """An image file and its mask file (the layouts that store both as images); AIMI and DDTI override."""
+        if record.mask is None:
+            raise DataError(f"{record.image}: record has no mask")
+        return load_image_and_mask(record.image, record.mask)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, skip_invalid={self.skip_invalid})"
 

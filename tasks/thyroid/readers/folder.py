@@ -17,11 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mtlbench.errors import DataError
 
-from .base import ReaderBase, ThyroidRecord, load_image_and_mask, parse_tirads_level
+from .base import ReaderBase, ThyroidRecord, parse_tirads_level
 
 __all__ = ["IMAGE_SUFFIXES", "REQUIRED_COLUMNS", "FolderReader", "list_by_stem"]
 
@@ -134,8 +132,3 @@ class FolderReader(ReaderBase):
             )
             self.report.count(record)
             yield record
-
-    def load(self, record: ThyroidRecord) -> tuple[np.ndarray, np.ndarray]:
-        if record.mask is None:
-            raise DataError(f"{record.image}: record has no mask")
-        return load_image_and_mask(record.image, record.mask)

@@ -21,11 +21,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mtlbench.errors import DataError
 
-from .base import ReaderBase, ThyroidRecord, load_image_and_mask, parse_tirads_level
+from .base import ReaderBase, ThyroidRecord, parse_tirads_level
 
 __all__ = ["ThyroidXLReader", "normalise_patient_id"]
 
@@ -230,11 +228,6 @@ class ThyroidXLReader(ReaderBase):
                 f"patient {patient} has unknown TI-RADS value {exc.args[0]!r} (expected 1..5)",
                 "unknown_tirads",
             )
-
-    def load(self, record: ThyroidRecord) -> tuple[np.ndarray, np.ndarray]:
-        if record.mask is None:
-            raise DataError(f"{record.image}: record has no mask")
-        return load_image_and_mask(record.image, record.mask)
 
 
 class _LabelError(Exception):

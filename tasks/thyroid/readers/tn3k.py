@@ -16,11 +16,9 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-
 from mtlbench.errors import DataError
 
-from .base import ReaderBase, ThyroidRecord, load_image_and_mask
+from .base import ReaderBase, ThyroidRecord
 from .folder import list_by_stem
 
 __all__ = ["SPLITS", "Tn3kReader"]
@@ -104,8 +102,3 @@ class Tn3kReader(ReaderBase):
                 )
                 self.report.count(record)
                 yield record
-
-    def load(self, record: ThyroidRecord) -> tuple[np.ndarray, np.ndarray]:
-        if record.mask is None:
-            raise DataError(f"{record.image}: record has no mask")
-        return load_image_and_mask(record.image, record.mask)
