@@ -63,6 +63,15 @@ class StepInputs:
     #: Named parameter groups for per-module diagnostics: ``encoder`` and ``head/<name>``.
     parameter_groups: dict[str, Sequence[nn.Parameter]] = field(default_factory=dict)
 
+    def representation(self, name: str) -> Tensor | list[Tensor]:
+        """The named shared representation; a clear error if the model does not provide it."""
+        if name not in self.representations:
+            raise KeyError(
+                f"representation {name!r} is not provided by the model "
+                f"(has: {', '.join(self.representations)})"
+            )
+        return self.representations[name]
+
     def weighted_sum(self) -> Tensor:
         """Σ_t λ_t L_t with the task's configured weights."""
         return sum(self.weights[name] * loss for name, loss in self.losses.items())  # type: ignore[return-value]

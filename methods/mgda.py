@@ -269,13 +269,7 @@ class MGDAUB(MultiTaskMethod):
 
     def representation_gradient_matrix(self, inputs: StepInputs) -> Tensor:
         """T×(C·H'·W') matrix of ∇_z(λ_t L_t), summed over the batch (true scale under fp16)."""
-        name = self.params.representation
-        if name not in inputs.representations:
-            raise KeyError(
-                f"representation {name!r} is not provided by the model "
-                f"(has: {', '.join(inputs.representations)})"
-            )
-        rep = inputs.representations[name]
+        rep = inputs.representation(self.params.representation)
         targets = [rep] if isinstance(rep, Tensor) else list(rep)
         rows = []
         for t in self.task_names:

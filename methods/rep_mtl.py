@@ -244,12 +244,7 @@ class RepMTL(MultiTaskMethod):
 
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         p = self.params
-        if p.representation not in inputs.representations:
-            raise KeyError(
-                f"representation {p.representation!r} is not provided by the model "
-                f"(has: {', '.join(inputs.representations)})"
-            )
-        rep = inputs.representations[p.representation]
+        rep = inputs.representation(p.representation)
         if not isinstance(rep, Tensor):
             raise TypeError(f"Rep-MTL probes one tensor; representation {p.representation!r} is a list")
         terms = self.task_terms(inputs.losses)

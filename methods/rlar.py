@@ -155,13 +155,7 @@ class RLAR(MultiTaskMethod):
         }
 
     def backward(self, inputs: StepInputs) -> dict[str, float]:
-        name = self.params.representation
-        if name not in inputs.representations:
-            raise KeyError(
-                f"representation {name!r} is not provided by the model "
-                f"(has: {', '.join(inputs.representations)})"
-            )
-        rep = inputs.representations[name]
+        rep = inputs.representation(self.params.representation)
         scaled_losses = [inputs.scale(inputs.losses[t]) for t in self.task_names]
         mean_abs_cos, per_pair = rlar_penalty(scaled_losses, rep)
         penalty = self.params.lambda_adv * mean_abs_cos
