@@ -57,7 +57,9 @@ def run_cv(config: RunConfig, folds: int, progress: Any = None) -> CVOutcome:
     prepared = [prepare_run(fold_config(config, folds, k)) for k in range(folds)]  # validate all first
     outcomes = [run_experiment(p.config, progress=progress, prepared=p) for p in prepared]
     cfg = prepared[0].config
-    ident = config_hash({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "fold": None}})
+    resolved = cfg.to_dict()
+    shared = {**resolved, "data": {**resolved["data"], "fold": None}}  # every fold's config, fold left out
+    ident = config_hash(shared)
     path = Path(cfg.output_dir) / cfg.task / f"cv-{cfg.method}-{cfg.backbone}-{ident}.json"
     summary = {
         "kind": "cv",
@@ -67,7 +69,7 @@ def run_cv(config: RunConfig, folds: int, progress: Any = None) -> CVOutcome:
         "folds": folds,
         "fold_runs": [o.folder.run_id for o in outcomes],
         "metrics": summarise([o.result for o in outcomes]),
-        "config": {**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "fold": None}},
+        "config": shared,
     }
     atomic.write_json(path, summary)
     update_index(
