@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from mtlbench import atomic
-from mtlbench.config import DataConfig
+from mtlbench.api.method import StepInputs
 from mtlbench.environment import device_info, git_commit, versions
-from mtlbench.methods.base import StepInputs
 from mtlbench.model import MultiTaskModel
 from mtlbench.precision import Precision
 from mtlbench.registry import METHODS, create_backbone, create_task, list_methods
+from mtlbench.tasks.thyroid.settings import ThyroidData
 from mtlbench.tasks.thyroid.task import ThyroidParams
 
 
@@ -48,7 +48,7 @@ class StepRunner:
         self, method: str, backbone: str, size: int, batch: int, device: torch.device, amp: str
     ) -> None:
         torch.manual_seed(0)
-        self.task = create_task("thyroid", ThyroidParams(), DataConfig(image_size=size), 0, Path("."))
+        self.task = create_task("thyroid", ThyroidParams(), ThyroidData(image_size=size), 0, Path("."))
         bb = create_backbone(backbone)
         self.model = MultiTaskModel(bb, self.task.build_heads(bb.contract)).to(device)
         params = METHODS.get(method).obj.Params()

@@ -1,22 +1,4 @@
-"""Multitask methods, one file each; importing this package registers the built-in ones."""
+"""Multitask methods, one file each, found by :mod:`mtlbench.discovery` and imported when named.
 
-from . import (  # noqa: F401  (registration side effects)
-    aligned_mtl,
-    cagrad,
-    dwa,
-    famo,
-    gradnorm,
-    imtl,
-    libmtl_adapter,
-    mgda,
-    nash_mtl,
-    pcgrad,
-    rep_mtl,
-    rlar,
-    rlw,
-    uw,
-    vanilla,
-)
-from .base import MethodNeeds, MultiTaskMethod, StepInputs
-
-__all__ = ["MethodNeeds", "MultiTaskMethod", "StepInputs"]
+The interface they implement lives in the core: :mod:`mtlbench.api`.
+"""

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mtlbench.errors import ConfigError, DataError
+from mtlbench.cli_support import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    data_formats,
+    fail,
+    task_cli_modules,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from mtlbench.config import RunConfig
@@ -23,20 +30,8 @@ config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 app.add_typer(config_app, name="config")
 
 KINDS = ("tasks", "methods", "backbones")
-EXIT_BAD_INPUT = 2
-EXIT_FAILED = 3
-EXIT_INTERRUPTED = 130
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from mtlbench.registry import UnknownNameError
-
-    return (ConfigError, DataError, UnknownNameError)
+_fail = fail
+_user_errors = user_errors
 
 
 OverridesArg = Annotated[
@@ -48,7 +43,9 @@ MethodOpt = Annotated[
 ]
 BackboneOpt = Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone name.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with settings.")]
-PresetOpt = Annotated[str | None, typer.Option("--preset", "-p", help="quick (CPU try-out) or paper.")]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="A preset of the task: quick (the default) or its own.")
+]
 
 
 def _config(
@@ -111,7 +108,7 @@ def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyp
         f"preset={cfg.preset} device={prepared.device} run_id={cfg.run_id()}"
     )
     try:
-        with TrainingProgress(live=cfg.train.progress) as progress:
+        with TrainingProgress(live=cfg.train.progress, metrics=prepared.task.shown_metrics()) as progress:
             outcome = run_experiment(cfg, restart=restart, progress=progress, prepared=prepared)
     except NonFiniteLossError as exc:
         _fail(str(exc), EXIT_FAILED)
@@ -146,7 +143,7 @@ def cv(
     preset: PresetOpt = None,
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (the paper: 3).")] = 3,
 ) -> None:
-    """k-fold cross-validation (grouped by patient, the same folds for every method): mean ± std."""
+    """k-fold cross-validation on folds shared by every method (grouped, stratified): mean ± std."""
     errors = _user_errors()
     try:
         cfg = _config(task, method, backbone, config, preset, overrides)
@@ -154,24 +151,19 @@ def cv(
 
         from mtlbench.cv import run_cv
         from mtlbench.progress import TrainingProgress
+        from mtlbench.registry import TASKS
         from mtlbench.summary import cv_table
 
-        with TrainingProgress(live=cfg.train.progress) as progress:
+        task_cls = TASKS.get(cfg.task).obj
+        with TrainingProgress(live=cfg.train.progress, metrics=task_cls.shown_metrics()) as progress:
             outcome = run_cv(cfg, folds, progress=progress)
     except errors as exc:
         _fail(str(exc))
         return
-    columns = _summary_columns(cfg.task)
     console = Console()
-    console.print(cv_table(outcome.summary, columns))
+    console.print(cv_table(outcome.summary, task_cls.summary_metrics))
     console.print(f"fold runs: {', '.join(str(o.folder.root) for o in outcome.folds)}")
     console.print(f"summary: {outcome.path}")
-
-
-def _summary_columns(task: str) -> tuple[tuple[str, str], ...]:
-    from mtlbench.registry import TASKS
-
-    return TASKS.get(task).obj.summary_metrics
 
 
 @app.command("list")
@@ -224,38 +216,6 @@ def config_show(
     typer.echo(to_yaml(resolved.config.to_dict()).rstrip())
 
 
-@app.command("ablate-features")
-def ablate_features(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder (runs/<task>/<method>-<backbone>-<id>).")],
-    split: Annotated[str, typer.Option(help="val, test or external.")] = "test",
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-) -> None:
-    """Leave-one-feature-out (paper Table 5): zero each clinical feature's classifier weight, re-evaluate."""
-    errors = _user_errors()
-    try:
-        from mtlbench.reload import reload_run
-
-        run = reload_run(run_dir, checkpoint)
-        datasets = run.splits.evaluation_splits()
-        if split not in datasets:
-            raise ConfigError(f"split {split!r} is not available for this run (has: {', '.join(datasets)})")
-    except errors as exc:
-        _fail(str(exc))
-        return
-    from mtlbench import atomic
-    from mtlbench.tasks.thyroid.ablations import format_feature_ablation, leave_one_feature_out
-
-    try:
-        rows = leave_one_feature_out(lambda: run.trainer.evaluate(datasets[split]), run.trainer.model)
-    except ValueError as exc:
-        _fail(str(exc))
-        return
-    out = run.folder.root / f"feature_ablation_{split}.json"
-    atomic.write_json(out, {"split": split, "checkpoint": checkpoint, "rows": rows})
-    typer.echo(format_feature_ablation(rows))
-    typer.echo(f"written: {out}")
-
-
 plot_app = typer.Typer(help="Figures.", no_args_is_help=True)
 app.add_typer(plot_app, name="plot")
 
@@ -273,7 +233,7 @@ def plot_toy_command(
 ) -> None:
     """Trajectories of methods on the two-objective toy problem (CAGrad paper, Fig. 1)."""
     from mtlbench.plots.toy import plot_toy
-    from mtlbench.tasks.toy.problem import CAGRAD_STARTS, NASH_MTL_STARTS
+    from mtlbench.toy.problem import CAGRAD_STARTS, NASH_MTL_STARTS
 
     points = {"nash_mtl": NASH_MTL_STARTS, "cagrad": CAGRAD_STARTS}.get(starts)
     if points is None:
@@ -292,40 +252,63 @@ data_app = typer.Typer(help="Inspect local data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
+_TASK_CLI_MODULES = task_cli_modules()
+for _module in _TASK_CLI_MODULES:
+    if hasattr(_module, "register_commands"):
+        _module.register_commands(app)
+
+
 @data_app.command("check")
 def data_check(
     root: Annotated[Path, typer.Argument(help="Folder of the data set.")],
     data_format: Annotated[
-        str, typer.Option("--format", "-f", help="thyroidxl | aimi | folder | ddti | tn3k")
+        str,
+        typer.Option(
+            "--format", "-f", help=f"Layout of the data set: {' | '.join(data_formats(_TASK_CLI_MODULES))}"
+        ),
     ],
+    options: Annotated[
+        list[str] | None,
+        typer.Argument(help="Reader options key=value (as data.reader_options), e.g. frame_stride=5."),
+    ] = None,
     stop_at_first: Annotated[
         bool, typer.Option("--stop-at-first", help="Stop at the first problem instead of listing them all.")
     ] = False,
-    empty_masks: Annotated[
-        str, typer.Option(help="aimi only: skip | keep frames with an empty mask.")
-    ] = "skip",
-    frame_stride: Annotated[int, typer.Option(help="aimi only: keep every k-th frame of a clip.")] = 1,
+    empty_masks: Annotated[str | None, typer.Option(hidden=True, help="Same as empty_masks=...")] = None,
+    frame_stride: Annotated[int | None, typer.Option(hidden=True, help="Same as frame_stride=...")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
 ) -> None:
-    """Read every sample of a data set; print counts per split and class, skips and every problem."""
+    """Read every sample of a data set; print counts, skipped samples and every problem with its file."""
+    formats = data_formats(_TASK_CLI_MODULES)
+    if data_format not in formats:
+        _fail(f"unknown data-set format {data_format!r} (available: {', '.join(formats)})")
     errors = _user_errors()
     try:
-        from mtlbench.tasks.thyroid.readers.check import check_dataset, format_report
+        from mtlbench.config import parse_scalar_options
 
-        options: dict[str, object] = {"skip_invalid": not stop_at_first}
-        if data_format == "aimi":
-            options.update(empty_masks=empty_masks, frame_stride=frame_stride)
-        report = check_dataset(root, data_format, **options)
+        reader_options = parse_scalar_options(options or [], "data check option")
+        reader_options["skip_invalid"] = not stop_at_first
+        if empty_masks is not None:
+            reader_options["empty_masks"] = empty_masks
+        if frame_stride is not None:
+            reader_options["frame_stride"] = frame_stride
+        text, report, n_problems = formats[data_format].check_data_set(root, data_format, reader_options)
     except errors as exc:
         _fail(str(exc))
         return
-    typer.echo(format_report(report))
+    typer.echo(text)
     if json_out is not None:
         from mtlbench import atomic
 
-        atomic.write_json(json_out, report.to_dict())
-    if report.problems:
+        atomic.write_json(json_out, report)
+    if n_problems:
         raise typer.Exit(EXIT_FAILED)
+
+
+# --- leaderboards (issue #10): `mtlbench grid` and `mtlbench report`, defined in mtlbench/report/cli.py
+from mtlbench.report.cli import register_commands as _register_report_commands  # noqa: E402
+
+_register_report_commands(app)
 
 
 def main() -> None:

@@ -22,35 +22,31 @@ import yaml
 
 from mtlbench.errors import ConfigError
 
+#: Field metadata marking a setting that does not change what a run computes (kept out of the run id).
+NOT_IDENTITY = {"identity": False}
+
 
 @dataclass
 class DataConfig:
-    """Where the data comes from. ``root=None`` means the embedded synthetic phantom."""
+    """Data settings every task shares. A task extends them with its own (``TaskDefinition.Data``).
+
+    ``root=None`` means the task's embedded data (a phantom, a data set a package ships).
+    """
 
     root: str | None = None
-    format: str = "phantom"
-    image_size: int = 64
-    num_train: int = 800
-    num_val: int = 200
-    num_test: int = 200
-    phantom_seed: int = 0
-    num_external: int = 200
-    cache_dir: str | None = None
-    num_workers: int = 0
-    radiomics_workers: int | None = None
-    #: k-fold cross-validation inside the training pool, grouped by patient and stratified by class:
-    #: ``folds`` = k (None: the fixed split of num_train/num_val; real data sets default to 3) and
-    #: ``fold`` = which fold is validation. Folds are saved with the data and reused by every run.
+    #: The layout of ``root``; ``None`` means the task's default.
+    format: str | None = None
+    cache_dir: str | None = field(default=None, metadata=NOT_IDENTITY)
+    num_workers: int = field(default=0, metadata=NOT_IDENTITY)
+    #: k-fold cross-validation inside the training pool: ``folds`` = k (None: the task's fixed
+    #: split) and ``fold`` = which fold is validation. Folds are saved with the data and reused by
+    #: every run, so every method sees the same folds.
     folds: int | None = None
     fold: int = 0
     fold_seed: int = 0
-    #: Options for the data-set reader (e.g. skip_invalid, empty_masks, frame_stride).
+    #: Options for the data-set reader (each task documents its own).
     reader_options: dict[str, Any] = field(default_factory=dict)
-    #: A second data set evaluated zero-shot at the end of every run (e.g. AIMI after ThyroidXL).
-    external_root: str | None = None
-    external_format: str | None = None
-    external_options: dict[str, Any] = field(default_factory=dict)
-    #: Joint image/mask augmentation of training samples (flips, small affine, intensity, speckle).
+    #: Augmentation of training samples (each task defines which transforms).
     augment: bool = False
 
 
@@ -68,8 +64,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     amp: Literal["none", "bf16", "fp16", "auto"] = "none"
     device: str = "auto"
-    monitor: str = "score"
-    monitor_mode: Literal["max", "min"] = "max"
+    #: Validation metric that picks the best checkpoint; ``None``: the task's default monitor.
+    monitor: str | None = None
+    monitor_mode: Literal["max", "min"] | None = None
     grad_clip: float | None = None
     #: Every N steps log the task-pair cosines of the shared gradients and the methods' own
     #: diagnostics (costs T extra backward passes on those steps); 0 turns it off.
@@ -82,14 +79,14 @@ class TrainConfig:
 class RunConfig:
     """Everything that defines a run. Its hash (without ``output_dir``) is the run id."""
 
-    task: str = "thyroid"
-    method: str = "rlar"
+    task: str = ""
+    method: str = "vanilla"
     backbone: str = "unet_small"
     preset: str = "quick"
     seed: int = 0
     output_dir: str = "runs"
     #: An nnU-Net v2 ``checkpoint_final.pth`` loaded into the encoder and, where shapes match, the
-    #: segmentation decoder (the paper's pretrained nnU-Net); the match report is saved with the run.
+    #: decoder of the task's segmentation head; the match report is saved with the run.
     nnunet_checkpoint: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -101,38 +98,23 @@ class RunConfig:
         return _plain(dataclasses.asdict(self))
 
     def run_id(self) -> str:
-        return config_hash(self.to_dict())
+        return config_hash(self.to_dict(), self.non_identity_keys())
+
+    def non_identity_keys(self) -> tuple[str, ...]:
+        """Keys left out of the run id: the core's and the data fields the task marks so."""
+        data_keys = tuple(
+            f"data.{f.name}"
+            for f in dataclasses.fields(self.data)
+            if f.metadata.get("identity", True) is False
+        )
+        return NON_IDENTITY_KEYS + data_keys
 
 
 # Keys that do not change what a run computes: excluded from the run id.
-NON_IDENTITY_KEYS = (
-    "output_dir",
-    "train.progress",
-    "data.num_workers",
-    "data.radiomics_workers",
-    "data.cache_dir",
-)
+NON_IDENTITY_KEYS = ("output_dir", "train.progress")
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # A CPU try-out: small images, a small U-Net, a few minutes on a laptop.
-    "quick": {},
-    # The paper's protocol (Sec. 3): AdamW 1e-4, batch 8, 250/50 steps per epoch, up to 500 epochs,
-    # mixed precision, nnU-Net encoder at 512 px.
-    "paper": {
-        "backbone": "nnunet_plain",
-        "data": {"image_size": 512, "num_train": 2000, "num_val": 400, "num_test": 400, "augment": True},
-        "train": {
-            "epochs": 500,
-            "steps_per_epoch": 250,
-            "val_steps": 50,
-            "batch_size": 8,
-            "eval_batch_size": 8,
-            "lr": 1e-4,
-            "weight_decay": 1e-2,
-            "amp": "auto",
-        },
-    },
-}
+#: Every task has this preset: the defaults, meant as a CPU try-out of a few minutes.
+DEFAULT_PRESET = "quick"
 
 
 def _plain(obj: Any) -> Any:
@@ -143,10 +125,12 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def config_hash(resolved: dict[str, Any], length: int = 10) -> str:
-    """Short stable hash of a resolved configuration, ignoring :data:`NON_IDENTITY_KEYS`."""
+def config_hash(
+    resolved: dict[str, Any], ignore: tuple[str, ...] = NON_IDENTITY_KEYS, length: int = 10
+) -> str:
+    """Short stable hash of a resolved configuration, ignoring the dotted keys in ``ignore``."""
     ident = json.loads(json.dumps(resolved))
-    for dotted in NON_IDENTITY_KEYS:
+    for dotted in ignore:
         parts = dotted.split(".")
         node = ident
         for p in parts[:-1]:
@@ -312,6 +296,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return tree
 
 
+def parse_scalar_options(items: list[str], what: str) -> dict[str, Any]:
+    """``["a=1", "b=false"]`` → ``{"a": 1, "b": False}`` (values read as YAML scalars)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{what} {item!r} is not of the form key=value")
+        options[key.strip()] = _parse_scalar_text(raw)
+    return options
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -332,26 +327,43 @@ def resolve_config(
     values: dict[str, Any] | None = None,
     **top_level: Any,
 ) -> RunConfig:
-    """Merge defaults, preset, file and overrides into a validated :class:`RunConfig`.
+    """Merge defaults, the task's preset, file and overrides into a validated :class:`RunConfig`.
 
     ``values`` is a mapping applied before the file (e.g. a saved run's configuration);
     ``top_level`` carries command-line options such as ``task=`` and ``method=``; ``None`` values
-    are ignored. Sections ``task_args``/``method_args``/``backbone_args`` are checked later against
-    the chosen registry entries (:func:`mtlbench.resolve.resolve_run`).
+    are ignored. The task (which must be named) supplies its presets and the type of the ``data``
+    section, so its module is imported here. Sections ``task_args``/``method_args``/``backbone_args``
+    are checked later against the chosen registry entries (:func:`mtlbench.resolve.resolve_run`).
     """
+    from mtlbench.registry import TASKS
+
     tree: dict[str, Any] = dict(values or {})
     if config_file is not None:
         tree = deep_merge(tree, load_config_file(config_file))
     tree = deep_merge(tree, parse_overrides(overrides or []))
     tree = deep_merge(tree, {k: v for k, v in top_level.items() if v is not None})
-    chosen = preset or tree.get("preset") or "quick"
-    if chosen not in PRESETS:
-        close = difflib.get_close_matches(str(chosen), list(PRESETS), n=1)
+    task_name = tree.get("task")
+    if not task_name:
+        raise ConfigError(
+            "no task given: name one with --task (or task= in the config); "
+            f"registered: {', '.join(TASKS.names())}"
+        )
+    task_cls = TASKS.get(str(task_name)).obj
+    presets = {DEFAULT_PRESET: {}, **task_cls.presets}
+    chosen = preset or tree.get("preset") or DEFAULT_PRESET
+    if chosen not in presets:
+        close = difflib.get_close_matches(str(chosen), list(presets), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown preset {chosen!r}{hint} (available: {', '.join(PRESETS)})")
-    merged = deep_merge(PRESETS[chosen], tree)
+        raise ConfigError(
+            f"unknown preset {chosen!r} for task {task_name!r}{hint} (available: {', '.join(presets)})"
+        )
+    merged = deep_merge(presets[chosen], tree)
     merged["preset"] = chosen
-    return build_dataclass(RunConfig, merged)
+    data_values = merged.pop("data", {})
+    if not isinstance(data_values, dict):
+        raise ConfigError(f"data: expected a mapping, got {data_values!r}")
+    data = build_dataclass(task_cls.Data, data_values, "data")
+    return dataclasses.replace(build_dataclass(RunConfig, merged), data=data)
 
 
 def to_yaml(cfg_dict: dict[str, Any]) -> str:
@@ -359,7 +371,8 @@ def to_yaml(cfg_dict: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "PRESETS",
+    "DEFAULT_PRESET",
+    "NOT_IDENTITY",
     "ConfigError",
     "DataConfig",
     "RunConfig",

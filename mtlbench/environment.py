@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -11,20 +12,19 @@ from typing import Any
 
 import torch
 
-PACKAGES = (
-    "mtlbench",
-    "torch",
-    "timm",
-    "dynamic-network-architectures",
-    "numpy",
-    "pyradiomics-bhklab",
-    "SimpleITK",
-)
+def recorded_packages() -> list[str]:
+    """mtlbench and every package it requires (its declared dependencies, extras left out)."""
+    try:
+        requires = metadata.requires("mtlbench") or []
+    except metadata.PackageNotFoundError:
+        requires = []
+    names = [re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r]
+    return ["mtlbench", *names]
 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in recorded_packages():
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -11,11 +11,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class TrainingProgress:
-    """Live bar when ``live`` (``train.progress``); one summary line per epoch either way."""
+    """Live bar when ``live`` (``train.progress``); one summary line per epoch either way.
 
-    def __init__(self, console: Console | None = None, live: bool = True) -> None:
+    ``metrics`` are the validation metrics the epoch line shows (the task's ``shown_metrics()``),
+    followed by the monitored one.
+    """
+
+    def __init__(
+        self, console: Console | None = None, live: bool = True, metrics: tuple[str, ...] = ()
+    ) -> None:
         self.console = console or Console(stderr=True)
         self.live = live
+        self.metrics = metrics
         self._progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -49,14 +56,17 @@ class TrainingProgress:
     def update(self, logs: dict[str, float], images_per_s: float) -> None:
         if not self.live:
             return
-        shown = {k.split("/")[-1]: v for k, v in logs.items() if k.startswith("loss/") or k == "rlar_penalty"}
+        # the task losses and any method penalty (e.g. RLAR's), the terms the step minimises
+        shown = {
+            k.split("/")[-1]: v for k, v in logs.items() if k.startswith("loss/") or k.endswith("_penalty")
+        }
         text = " ".join(f"{k} {v:.3f}" for k, v in shown.items())
         self._progress.update(self._task, advance=1, losses=text, speed=f"{images_per_s:.0f} img/s")
 
     def end_epoch(self, record: dict[str, Any], monitor: str) -> None:
         val = record["val"]
         parts = [f"epoch {record['epoch']}"]
-        for key in ("dice", "f1", monitor):
+        for key in (*self.metrics, monitor):
             if key in val and isinstance(val[key], (int, float)):
                 parts.append(f"val {key} {val[key]:.3f}")
         parts.append(f"{record['images_per_s']:.0f} img/s")

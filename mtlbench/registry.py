@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
-from .catalog import BUILTIN
+from .discovery import builtin_catalog, description_from_source
 
 T = TypeVar("T")
 
@@ -50,11 +50,19 @@ def _first_line(doc: str | None) -> str:
 class Registry(Generic[T]):
     """A named collection of factories of one kind (``tasks``, ``methods``, ``backbones``)."""
 
-    def __init__(self, kind: str, builtin: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, kind: str, builtin: dict[str, tuple[str, str]] | None = None) -> None:
+        """``builtin`` maps name → (module, description); ``None`` reads the built-ins of ``kind``
+        from the plugin package's source files on first use (:mod:`mtlbench.discovery`)."""
         self.kind = kind
         self.group = f"mtlbench.{kind}"
-        self._builtin = builtin
+        self._given_builtin = builtin
         self._entries: dict[str, Entry[T]] = {}
+
+    @property
+    def _builtin(self) -> dict[str, tuple[str, str]]:
+        if self._given_builtin is None:
+            self._given_builtin = builtin_catalog(self.kind)
+        return self._given_builtin
 
     # -- registration -------------------------------------------------------------
     def register(self, name: str | None = None, *, description: str | None = None) -> Callable[[T], T]:
@@ -122,7 +130,9 @@ class Registry(Generic[T]):
         return sorted(n for n in found if fnmatch.fnmatchcase(n, pattern))
 
     def describe(self, pattern: str = "*") -> list[tuple[str, str]]:
-        """``(name, one-line description)`` pairs; built-ins come from the catalog, without imports."""
+        """``(name, one-line description)`` pairs, read from the source without importing the
+        modules (built-ins and plugins alike); a plugin whose source cannot be read is loaded."""
+        plugins = {ep.name: ep for ep in self._plugin_entry_points()}
         rows = []
         for n in self.names(pattern):
             if n in self._entries:
@@ -130,6 +140,11 @@ class Registry(Generic[T]):
             elif n in self._builtin:
                 rows.append((n, self._builtin[n][1]))
             else:
+                module, _, attribute = plugins[n].value.partition(":")
+                described = description_from_source(module.strip(), attribute.strip())
+                if described is not None:
+                    rows.append((n, described))
+                    continue
                 try:
                     rows.append((n, self.get(n).description))
                 except UnknownNameError:
@@ -147,9 +162,9 @@ class Registry(Generic[T]):
         return True
 
 
-TASKS: Registry[Any] = Registry("tasks", BUILTIN["tasks"])
-METHODS: Registry[Any] = Registry("methods", BUILTIN["methods"])
-BACKBONES: Registry[Any] = Registry("backbones", BUILTIN["backbones"])
+TASKS: Registry[Any] = Registry("tasks")
+METHODS: Registry[Any] = Registry("methods")
+BACKBONES: Registry[Any] = Registry("backbones")
 
 register_task = TASKS.register
 register_method = METHODS.register

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import yaml
 
+from mtlbench.api.task import DataSplits
 from mtlbench.config import resolve_config
 from mtlbench.errors import ConfigError
 from mtlbench.precision import Precision, pick_amp
 from mtlbench.results import RunFolder
 from mtlbench.runner import PreparedRun, prepare_run
-from mtlbench.tasks.base import DataSplits
 from mtlbench.trainer import Trainer
 
 

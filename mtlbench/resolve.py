@@ -77,5 +77,18 @@ def resolve_run(config: RunConfig) -> ResolvedRun:
         method_entry.obj.Params, config.method_args, "method_args"
     )
     backbone_args = _kwargs_from_signature(backbone_entry.obj, config.backbone_args, "backbone_args")
-    resolved = replace(config, task_args=task_args, method_args=method_args, backbone_args=backbone_args)
+    task_cls = task_entry.obj
+    if not isinstance(config.data, task_cls.Data):
+        raise ConfigError(
+            f"the data section was built as {type(config.data).__name__}, but task {config.task!r} "
+            f"expects {task_cls.Data.__name__}; build the configuration with resolve_config"
+        )
+    train = replace(
+        config.train,
+        monitor=config.train.monitor or task_cls.default_monitor,
+        monitor_mode=config.train.monitor_mode or task_cls.default_monitor_mode,
+    )
+    resolved = replace(
+        config, train=train, task_args=task_args, method_args=method_args, backbone_args=backbone_args
+    )
     return ResolvedRun(resolved, task_entry, method_entry, backbone_entry, task_params, method_params)

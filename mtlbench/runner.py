@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
+from mtlbench.api.method import MultiTaskMethod
+from mtlbench.api.task import TaskDefinition
 from mtlbench.config import ConfigError, RunConfig
 from mtlbench.environment import device_info, git_commit, versions
-from mtlbench.methods.base import MultiTaskMethod
 from mtlbench.model import MultiTaskModel
 from mtlbench.precision import Precision, pick_amp, pick_device
 from mtlbench.registry import create_backbone
 from mtlbench.resolve import ResolvedRun, resolve_run
 from mtlbench.results import RunFolder, update_index
-from mtlbench.tasks.base import TaskDefinition
 from mtlbench.trainer import Trainer, scalars, seed_everything
 
 
@@ -60,24 +60,27 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     cfg = resolved.config
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir()
     task = resolved.task_entry.obj(resolved.task_params, cfg.data, cfg.seed, cache_dir)
+    if cfg.data.folds is not None and not task.supports_folds:
+        raise ConfigError(
+            f"task {cfg.task!r} has fixed splits; data.folds (and so `mtlbench cv`) is not supported for it"
+        )
     task.check_data()
     try:
         method = resolved.method_entry.obj(task.task_names, resolved.method_params)
     except ValueError as exc:
         raise ConfigError(f"method_args: {exc}") from None
     device = pick_device(cfg.train.device)
-    if cfg.train.monitor_mode not in ("max", "min"):
-        raise ConfigError(f"train.monitor_mode must be max or min, got {cfg.train.monitor_mode!r}")
     seed_everything(cfg.seed)
     try:
-        backbone = create_backbone(cfg.backbone, in_channels=1, **cfg.backbone_args)
+        backbone = create_backbone(cfg.backbone, in_channels=task.input_channels(), **cfg.backbone_args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"backbone_args for {cfg.backbone!r}: {exc}") from None
     multiple = backbone.input_multiple()
-    if cfg.data.image_size % multiple:
+    size = task.input_size()
+    if size is not None and any(side % multiple for side in size):
         raise ConfigError(
-            f"data.image_size={cfg.data.image_size} is not a multiple of {multiple}, "
-            f"the deepest stride of backbone {cfg.backbone!r}"
+            f"task {cfg.task!r} feeds {size[0]}×{size[1]} inputs (its data settings), which is not a "
+            f"multiple of {multiple}, the deepest stride of backbone {cfg.backbone!r}"
         )
     model = MultiTaskModel(backbone, task.build_heads(backbone.contract))
     pretrained = None
@@ -89,7 +92,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         from mtlbench.backbones.nnunet_checkpoint import load_nnunet_checkpoint
 
         try:
-            pretrained = load_nnunet_checkpoint(model, cfg.nnunet_checkpoint)
+            pretrained = load_nnunet_checkpoint(model, cfg.nnunet_checkpoint, task.segmentation_head)
         except ValueError as exc:
             raise ConfigError(f"nnunet_checkpoint: {exc}") from None
     return PreparedRun(resolved, task, method, model, device, pretrained)

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mtlbench.api.method import MultiTaskMethod, StepInputs
+from mtlbench.api.task import DataSplits, TaskDefinition
 from mtlbench.config import RunConfig
-from mtlbench.methods.base import MultiTaskMethod, StepInputs
 from mtlbench.model import MultiTaskModel
 from mtlbench.precision import Precision
 from mtlbench.results import RunFolder
-from mtlbench.tasks.base import DataSplits, TaskDefinition
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,7 +91,7 @@ def shared_gradient_cosines(
     losses: dict[str, torch.Tensor], shared: list[torch.nn.Parameter], scale: Any
 ) -> dict[str, float]:
     """Cosine of every task pair's gradients on the shared parameters (``diag_cos/<a>-<b>``)."""
-    from mtlbench.methods.gradient_combination import pairwise_cosines, task_gradient_matrix
+    from mtlbench.api.gradients import pairwise_cosines, task_gradient_matrix
 
     names = list(losses)
     grads = task_gradient_matrix([scale(losses[n]) for n in names], shared)

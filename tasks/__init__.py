@@ -1,1 +1,4 @@
-"""Task families, one folder each. Importing a task's module registers it."""
+"""Task families, one folder each, found by :mod:`mtlbench.discovery` and imported when named.
+
+The interface they implement lives in the core: :mod:`mtlbench.api`.
+"""

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+#: An example third-party plugin (task ``twoshapes``, method ``scaled_sum``, backbone ``tiny_cnn``),
+#: "installed" by putting it on the path: its dist-info declares the entry points. The core's tests
+#: run on its small task; subprocesses started by tests inherit it through PYTHONPATH.
+PLUGIN_EXAMPLE = Path(__file__).parent / "plugin_example"
+if str(PLUGIN_EXAMPLE) not in sys.path:
+    sys.path.insert(0, str(PLUGIN_EXAMPLE))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PLUGIN_EXAMPLE), os.environ.get("PYTHONPATH", "")) if p
+    )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import tiny_run_overrides
+from tests.tiny import core_run_overrides
 
 
 def mtlbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -64,16 +64,23 @@ def test_config_show_prints_resolved_yaml(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--task", "thyriod"], "unknown task 'thyriod'; did you mean 'thyroid'"),
-        (["--method", "rlr"], "unknown method 'rlr'; did you mean 'rlar'"),
-        (["--backbone", "unet_smal"], "unknown backbone 'unet_smal'; did you mean 'unet_small'"),
-        (["train.epohcs=2"], "unknown config key 'train.epohcs'; did you mean train.epochs"),
-        (["train.epochs=two"], "train.epochs: expected an integer, got 'two'"),
+        (["--method", "rlar"], "no task given: name one with --task"),
+        (["--task", "twoshape"], "unknown task 'twoshape'; did you mean 'twoshapes'"),
+        (["--task", "twoshapes", "--method", "rlr"], "unknown method 'rlr'; did you mean 'rlar'"),
         (
-            ["data.root=/no/such/ThyroidXL", "data.format=phantom"],
-            "data.root '/no/such/ThyroidXL' does not exist",
+            ["--task", "twoshapes", "--backbone", "unet_smal"],
+            "unknown backbone 'unet_smal'; did you mean 'unet_small'",
         ),
-        (["method_args.lambda_adv=-1"], "`lambda_adv = -1.0`"),
+        (
+            ["--task", "twoshapes", "train.epohcs=2"],
+            "unknown config key 'train.epohcs'; did you mean train.epochs",
+        ),
+        (["--task", "twoshapes", "train.epochs=two"], "train.epochs: expected an integer, got 'two'"),
+        (["--task", "twoshapes", "data.num_val=x"], "data.num_val: expected an integer, got 'x'"),
+        (["--task", "twoshapes", "data.num_externl=3"], "unknown config key 'data.num_externl'"),
+        (["--task", "twoshapes", "--preset", "paper"], "unknown preset 'paper' for task 'twoshapes'"),
+        (["--task", "twoshapes", "data.folds=3"], "task 'twoshapes' has fixed splits"),
+        (["--task", "twoshapes", "method_args.lambda_adv=-1", "--method", "rlar"], "`lambda_adv = -1.0`"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args: list[str], fragment: str) -> None:
@@ -86,63 +93,25 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args: list[str
     assert list(tmp_path.iterdir()) == [], "bad input must not write anything"
 
 
-def test_run_ends_with_a_table_and_the_run_folder(tmp_path) -> None:
+def test_run_ends_with_the_tasks_table_and_the_run_folder(tmp_path) -> None:
     result = mtlbench(
-        "run",
-        "--task",
-        "thyroid",
-        "--method",
-        "vanilla",
-        *tiny_run_overrides(tmp_path, **{"train.epochs": 1}),
-        cwd=tmp_path,
+        "run", "--method", "vanilla", *core_run_overrides(tmp_path, **{"train.epochs": 1}), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    for header in ("Dice", "IoU", "HD95", "Precision", "Recall", "F1"):
+    for header in ("Pixel acc.", "Accuracy"):  # the task's own summary columns
         assert header in result.stdout
+    assert "val pixel_accuracy" in result.stderr  # the epoch line shows the task's metrics
     assert "run folder: " in result.stdout
     folder = Path(result.stdout.split("run folder: ")[1].split()[0])
     assert (tmp_path / folder / "result.json").is_file() or (folder / "result.json").is_file()
 
 
-def test_data_check_lists_counts_and_problems(tmp_path) -> None:
-    from tests.tasks.thyroid.readers.fixtures import make_thyroidxl
-
-    clean = make_thyroidxl(tmp_path / "clean")
-    result = mtlbench("data", "check", str(clean), "--format", "thyroidxl", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "TR" in result.stdout and "train" in result.stdout
-    broken = make_thyroidxl(tmp_path / "broken", corrupt_image=True)
-    result = mtlbench("data", "check", str(broken), "--format", "thyroidxl", cwd=tmp_path)
-    assert result.returncode == 3
-    assert ".png" in result.stdout  # the problem names the file
-    result = mtlbench("data", "check", str(tmp_path / "nowhere"), "--format", "thyroidxl", cwd=tmp_path)
-    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_ablate_features_writes_table5_rows(tmp_path) -> None:
-    import json
-
-    from mtlbench.config import resolve_config
-    from mtlbench.runner import run_experiment
-
-    cfg = resolve_config(
-        tiny_run_overrides(tmp_path, **{"train.epochs": 1, "data.num_external": 0}), method="rlar"
-    )
-    folder = run_experiment(cfg).folder.root
-    result = mtlbench("ablate-features", str(folder), "--split", "test", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    rows = json.loads((folder / "feature_ablation_test.json").read_text())["rows"]
-    assert len(rows) == 13 and rows[0]["feature"] == "circularity"
-    assert all("delta_f1" in row for row in rows)
-    bad = mtlbench("ablate-features", str(folder), "--split", "external", cwd=tmp_path)
-    assert bad.returncode == 2 and "split 'external' is not available" in bad.stderr
-
-
-def test_cv_command_prints_mean_and_std(tmp_path) -> None:
-    overrides = tiny_run_overrides(tmp_path, **{"train.epochs": 1, "data.num_external": 0})
-    result = mtlbench("cv", "--method", "vanilla", "--folds", "2", *overrides, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2-fold CV" in result.stdout and "±" in result.stdout and "summary: " in result.stdout
+def test_task_families_add_their_own_commands(tmp_path) -> None:
+    result = mtlbench("--help", cwd=tmp_path)
+    assert "ablate-features" in result.stdout  # contributed by tasks/thyroid/cli.py
+    result = mtlbench("data", "check", str(tmp_path), "--format", "nosuch", cwd=tmp_path)
+    assert result.returncode == 2 and "unknown data-set format 'nosuch'" in result.stderr
+    assert "thyroidxl" in result.stderr
 
 
 def test_plot_toy_draws_each_method_and_skips_representation_methods(tmp_path) -> None:

@@ -1,26 +1,78 @@
-"""Configuration: defaults, presets, files, overrides, type checks and the run id."""
+"""Configuration: defaults, the task's presets and data section, files, overrides, type checks, run id.
+
+On the example plugin's ``twoshapes`` task (the core's), except where a thyroid preset is the subject.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from mtlbench.config import PRESETS, ConfigError, parse_overrides, resolve_config
+from mtlbench.config import DataConfig, RunConfig, TrainConfig, parse_overrides
+from mtlbench.config import resolve_config as resolve_any_task
+from mtlbench.errors import ConfigError
 from mtlbench.resolve import resolve_run
 
+resolve_config = functools.partial(resolve_any_task, task="twoshapes")
 
-def test_defaults_are_the_quick_preset() -> None:
+
+def test_defaults_are_the_quick_preset_and_the_task_owns_its_data_section() -> None:
     cfg = resolve_config()
     assert cfg.preset == "quick"
-    assert (cfg.task, cfg.method, cfg.backbone) == ("thyroid", "rlar", "unet_small")
-    assert cfg.data.root is None and cfg.data.format == "phantom"
+    assert (cfg.task, cfg.method, cfg.backbone) == ("twoshapes", "vanilla", "unet_small")
+    assert type(cfg.data).__name__ == "TwoShapesData" and isinstance(cfg.data, DataConfig)
+    assert cfg.data.root is None and cfg.data.image_size == 32
+    assert cfg.train.epochs == 2  # the task's quick preset
+    assert cfg.train.monitor is None  # filled with the task's default by resolve_run
+    resolved = resolve_run(cfg).config
+    assert (resolved.train.monitor, resolved.train.monitor_mode) == ("score", "max")
 
 
-def test_paper_preset_matches_the_paper() -> None:
-    cfg = resolve_config(preset="paper")
+def test_the_core_holds_only_what_every_task_shares() -> None:
+    core = {f for f in DataConfig.__dataclass_fields__}
+    assert core == {
+        "root",
+        "format",
+        "cache_dir",
+        "num_workers",
+        "folds",
+        "fold",
+        "fold_seed",
+        "reader_options",
+        "augment",
+    }
+    assert RunConfig().task == "" and TrainConfig().monitor is None
+
+
+def test_a_task_is_required() -> None:
+    with pytest.raises(ConfigError, match="no task given"):
+        resolve_any_task()
+
+
+def test_data_keys_of_another_task_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'data.num_external'"):
+        resolve_config(["data.num_external=3"])
+    assert resolve_any_task(["data.num_external=3"], task="thyroid").data.num_external == 3
+
+
+def test_paper_preset_is_thyroids() -> None:
+    cfg = resolve_any_task(task="thyroid", preset="paper")
     t = cfg.train
     assert (t.lr, t.batch_size, t.steps_per_epoch, t.val_steps, t.epochs) == (1e-4, 8, 250, 50, 500)
     assert t.amp == "auto"  # mixed precision on a GPU
-    assert cfg.backbone == "nnunet_plain"
+    assert cfg.backbone == "nnunet_plain" and cfg.data.image_size == 512 and cfg.data.augment
+    with pytest.raises(ConfigError, match="unknown preset 'paper' for task 'twoshapes'"):
+        resolve_config(preset="paper")
+
+
+def test_non_identity_data_fields_stay_out_of_the_run_id() -> None:
+    a = resolve_run(resolve_any_task(task="thyroid")).run_id
+    b = resolve_run(
+        resolve_any_task(["data.radiomics_workers=3", "data.num_workers=2"], task="thyroid")
+    ).run_id
+    c = resolve_run(resolve_any_task(["data.num_train=30"], task="thyroid")).run_id
+    assert a == b != c
 
 
 def test_overrides_are_typed() -> None:
@@ -49,6 +101,7 @@ def test_file_then_overrides(tmp_path) -> None:
         ("train.amp=fp8", "train.amp: 'fp8' is not one of"),
         ("train.progress=maybe", "expected a boolean"),
         ("data.image_size=1.5", "data.image_size: expected an integer"),
+        ("data.folds=two", "data.folds: expected"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, fragment: str) -> None:
@@ -71,29 +124,28 @@ def test_missing_config_file_is_named(tmp_path) -> None:
 
 def test_unknown_preset_suggests() -> None:
     with pytest.raises(ConfigError, match="did you mean 'paper'"):
-        resolve_config(preset="papr")
-    assert set(PRESETS) >= {"quick", "paper"}
+        resolve_any_task(task="thyroid", preset="papr")
 
 
 def test_registry_sections_are_checked_and_filled() -> None:
-    resolved = resolve_run(resolve_config(["method_args.lambda_adv=0.5"]))
+    resolved = resolve_run(resolve_config(["method_args.lambda_adv=0.5"], method="rlar"))
     assert resolved.config.method_args == {"lambda_adv": 0.5, "representation": "bottleneck"}
     assert resolved.method_params.lambda_adv == 0.5
-    assert "embedding_dim" in resolved.config.task_args
+    assert resolved.config.task_args == {"levels": 3, "lambda_mask": 1.0, "lambda_level": 1.0, "lambda_area": 1.0}
     assert "widths" in resolved.config.backbone_args
     with pytest.raises(ConfigError, match="did you mean method_args.lambda_adv"):
-        resolve_run(resolve_config(["method_args.lambda_ad=0.5"]))
+        resolve_run(resolve_config(["method_args.lambda_ad=0.5"], method="rlar"))
     with pytest.raises(ConfigError, match="method_args.representation: 'neck' is not one of"):
-        resolve_run(resolve_config(["method_args.representation=neck"]))
+        resolve_run(resolve_config(["method_args.representation=neck"], method="rlar"))
     with pytest.raises(ConfigError, match="backbone_args"):
         resolve_run(resolve_config(["backbone_args.depth=3"]))
 
 
 def test_run_id_is_the_hash_of_the_resolved_config() -> None:
-    a = resolve_run(resolve_config()).run_id
-    b = resolve_run(resolve_config(["method_args.lambda_adv=0.1"])).run_id  # the default, spelled out
-    c = resolve_run(resolve_config(["method_args.lambda_adv=0.2"])).run_id
-    d = resolve_run(resolve_config(["output_dir=elsewhere", "train.progress=false"])).run_id
+    a = resolve_run(resolve_config(method="rlar")).run_id
+    b = resolve_run(resolve_config(["method_args.lambda_adv=0.1"], method="rlar")).run_id  # the default
+    c = resolve_run(resolve_config(["method_args.lambda_adv=0.2"], method="rlar")).run_id
+    d = resolve_run(resolve_config(["output_dir=elsewhere", "train.progress=false"], method="rlar")).run_id
     assert a == b == d
     assert a != c
     assert len(a) == 10

@@ -9,16 +9,16 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from mtlbench.catalog import BUILTIN
+from mtlbench.discovery import builtin_catalog
 from mtlbench.registry import BACKBONES, METHODS, TASKS, Registry, UnknownNameError
 
 
 def test_wildcards_and_builtins() -> None:
     assert "rlar" in METHODS.names("*")
     assert METHODS.names("rl*") == ["rlar", "rlw"]
-    assert METHODS.names("*_mtl") == ["aligned_mtl", "nash_mtl", "rep_mtl"]
+    assert {"aligned_mtl", "nash_mtl", "rep_mtl"} <= set(METHODS.names("*_mtl"))
     assert "unet_small" in BACKBONES.names("*unet*")
-    assert TASKS.names() == ["thyroid", "toy"]
+    assert {"thyroid", "multidigits"} <= set(TASKS.names())
 
 
 def test_unknown_name_suggests_close_matches() -> None:
@@ -49,13 +49,14 @@ def test_duplicate_names_raise() -> None:
 @pytest.mark.parametrize("kind", ["tasks", "methods", "backbones"])
 def test_catalog_matches_what_modules_register(kind: str) -> None:
     registry = {"tasks": TASKS, "methods": METHODS, "backbones": BACKBONES}[kind]
-    for name, (module, description) in BUILTIN[kind].items():
+    for name, (module, description) in builtin_catalog(kind).items():
         importlib.import_module(module)
         entry = registry.get(name)
         assert entry.module == module, name
         assert entry.description == description, f"catalog description of {name} differs from its docstring"
     registered_builtins = {n for n, e in registry._entries.items() if e.module.startswith("mtlbench.")}
-    assert registered_builtins <= set(BUILTIN[kind]), "a built-in is registered but missing from the catalog"
+    missing = registered_builtins - set(builtin_catalog(kind))
+    assert not missing, f"registered but not found in the source: {missing}"
 
 
 def test_plugins_load_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:

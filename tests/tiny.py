@@ -17,9 +17,31 @@ SMALL_BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def tiny_run_overrides(tmp_path: Path, **extra: Any) -> list[str]:
-    """A run of a few steps on 32 px phantom images, writing only under ``tmp_path``."""
+def core_run_overrides(tmp_path: Path, **extra: Any) -> list[str]:
+    """A run of a few steps of the example plugin's ``twoshapes`` task, writing only under ``tmp_path``.
+
+    The core's own tests (trainer, resume, CLI, method contract) use it, so they test the core and
+    not a task family.
+    """
     settings: dict[str, Any] = {
+        "task": "twoshapes",
+        "output_dir": tmp_path / "runs",
+        "data.cache_dir": tmp_path / "cache",
+        "backbone_args.widths": "[8, 16, 32]",
+        "train.epochs": 3,
+        "train.steps_per_epoch": 2,
+        "train.batch_size": 4,
+        "train.eval_batch_size": 8,
+        "train.progress": "false",
+    }
+    settings.update(extra)
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+def tiny_run_overrides(tmp_path: Path, **extra: Any) -> list[str]:
+    """A thyroid run of a few steps on 32 px phantom images, writing only under ``tmp_path``."""
+    settings: dict[str, Any] = {
+        "task": "thyroid",
         "output_dir": tmp_path / "runs",
         "data.cache_dir": tmp_path / "cache",
         "data.image_size": 32,

@@ -1,20 +1,6 @@
-"""Backbones: encoders that honour a :class:`FeatureContract` (built-ins register on import).
+"""Backbones: encoders that honour a :class:`~mtlbench.backbones.contract.FeatureContract`.
 
-``timm`` and ``dynamic_network_architectures`` are imported only when a backbone that needs them
-is built, so listing the registry stays cheap.
+Each module registers its backbones with ``@register_backbone``; :mod:`mtlbench.discovery` finds
+them without importing this package's modules, so listing the registry stays cheap. ``timm`` and
+``dynamic_network_architectures`` are imported only when a backbone that needs them is built.
 """
-
-from mtlbench.backbones import nnunet, timm_backbone, unet
-from mtlbench.backbones.contract import Backbone, FeatureContract, FeatureLevel
-from mtlbench.backbones.pretrained import PretrainedReport, load_pretrained
-
-__all__ = [
-    "Backbone",
-    "FeatureContract",
-    "FeatureLevel",
-    "PretrainedReport",
-    "load_pretrained",
-    "nnunet",
-    "timm_backbone",
-    "unet",
-]

@@ -189,18 +189,19 @@ def _is_region_based(extra: dict[str, Any]) -> bool:
 
 
 def load_nnunet_checkpoint(
-    model: MultiTaskModel, path: str | Path, seg_head: str = "seg"
+    model: MultiTaskModel, path: str | Path, seg_head: str | None = None
 ) -> NnUNetLoadReport:
     """Initialise ``model`` from an nnU-Net v2 checkpoint: encoder into the backbone, decoder into a head.
 
     The rules are in the module docstring. ``seg_head`` names the head whose ``decoder`` (a
-    :class:`mtlbench.heads.UNetDecoder`) receives the decoder tensors. Raises ``FileNotFoundError``
+    :class:`mtlbench.heads.UNetDecoder`) receives the decoder tensors (the task's
+    ``segmentation_head``); with ``None`` only the encoder is loaded. Raises ``FileNotFoundError``
     for a missing file, ``ValueError`` for a file without ``network_weights`` and for a checkpoint
     of which no encoder tensor fits the backbone (almost certainly the wrong file or backbone).
     """
     weights, extra = read_network_weights(path)
     backbone_state = model.backbone.state_dict()
-    head = model.heads[seg_head] if seg_head in model.heads else None
+    head = model.heads[seg_head] if seg_head is not None and seg_head in model.heads else None
     head_state = head.state_dict() if head is not None else {}
     stage_layers, out_layer = _decoder_layers(head) if head is not None else ([], None)
     region_based = _is_region_based(extra)
@@ -232,7 +233,12 @@ def load_nnunet_checkpoint(
             reasons[key] = (NO_COUNTERPART, "neither an encoder nor a decoder tensor")
             continue
         if head is None:
-            reasons[key] = (NO_COUNTERPART, f"the model has no head {seg_head!r}")
+            reasons[key] = (
+                NO_COUNTERPART,
+                "the task names no segmentation head"
+                if seg_head is None
+                else f"the model has no head {seg_head!r}",
+            )
             continue
         block, seg_layer = _DECODER_BLOCK.fullmatch(key), _SEG_LAYER.fullmatch(key)
         if block:

@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from mtlbench.atomic import write_bytes
-from mtlbench.tasks.toy.problem import (
+from mtlbench.toy.problem import (
     F1_MINIMUM,
     F2_MINIMUM,
     NASH_MTL_STARTS,
     X_RANGE,
+    ToyParams,
     losses,
     pareto_set,
 )
-from mtlbench.tasks.toy.trajectories import run_trajectory, skip_reason
+from mtlbench.toy.trajectories import run_trajectory, skip_reason
 
 #: Colours of the start points' paths, in order (cycled).
 PATH_COLOURS = ("#d62728", "#ff7f0e", "#e377c2", "#17becf", "#8c564b", "#bcbd22", "#1f77b4")
@@ -77,6 +78,7 @@ def plot_toy(
 
     out = Path(out)
     starts = [(float(a), float(b)) for a, b in starts]
+    ToyParams(steps=steps, lr=lr, starts=tuple(starts), f1_scale=f1_scale)  # ValueError naming the option
     runnable = []
     for name in dict.fromkeys(methods):  # unique, in the given order
         reason = skip_reason(name)

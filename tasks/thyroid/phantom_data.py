@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from mtlbench.config import DataConfig
 from mtlbench.errors import DataError
 from mtlbench.folds import fold_splits, load_or_create_folds
 
 from .annotators import AnnotatorConfig, apply_annotators
 from .phantom import PhantomConfig, generate_phantom
+from .settings import ThyroidData
 
 #: AIMI's class counts TR1..TR5 (data.md), the external phantom's class mix.
 AIMI_CLASS_COUNTS = (52, 732, 4084, 6653, 3572)
@@ -53,7 +53,7 @@ class PhantomArrays:
 
 
 def pool_split(
-    d: DataConfig, labels: np.ndarray, cache_dir: Path
+    d: ThyroidData, labels: np.ndarray, cache_dir: Path
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Train/val indices inside the pool: fixed, or fold ``d.fold`` of ``d.folds`` grouped folds."""
     n_pool = d.num_train + d.num_val
@@ -78,7 +78,7 @@ def pool_split(
     )
 
 
-def phantom_arrays(d: DataConfig, annotators: AnnotatorConfig | None, cache_dir: Path) -> PhantomArrays:
+def phantom_arrays(d: ThyroidData, annotators: AnnotatorConfig | None, cache_dir: Path) -> PhantomArrays:
     n_pool = d.num_train + d.num_val
     phantom = generate_phantom(n_pool + d.num_test, PhantomConfig(size=d.image_size, seed=d.phantom_seed))
     images, masks, levels = phantom.images, phantom.masks, phantom.levels

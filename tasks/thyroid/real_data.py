@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mtlbench.config import DataConfig
 from mtlbench.folds import fold_splits, load_or_create_folds
 
 from .augment import AugmentConfig
@@ -28,6 +27,7 @@ from .preprocess import PreprocessedCache, build_cache
 from .radiomics import FEATURE_NAMES
 from .readers import open_reader
 from .readers.base import ThyroidRecord
+from .settings import ThyroidData
 
 DEFAULT_FOLDS = 3
 
@@ -60,7 +60,7 @@ def _root_tag(root: str) -> str:
 
 
 def open_cached(
-    root: str, data_format: str, options: dict[str, Any], d: DataConfig, cache_dir: Path, progress: bool
+    root: str, data_format: str, options: dict[str, Any], d: ThyroidData, cache_dir: Path, progress: bool
 ) -> tuple[list[ThyroidRecord], PreprocessedCache, dict[str, Any]]:
     reader = open_reader(root, data_format, **options)
     records = list(reader.records())
@@ -79,7 +79,7 @@ def open_cached(
     return records, cache, info
 
 
-def real_splits(d: DataConfig, cache_dir: Path, seed: int, progress: bool) -> dict[str, Any]:
+def real_splits(d: ThyroidData, cache_dir: Path, seed: int, progress: bool) -> dict[str, Any]:
     """Datasets and bookkeeping for a real data set (see the module docstring)."""
     from .dataset import radiomics_statistics, standardise
     from .radiomics_cache import cached_features

@@ -9,20 +9,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mtlbench.api.task import DataError, DataSplits, TaskDefinition
 from mtlbench.backbones.contract import FeatureContract
-from mtlbench.config import DataConfig
 from mtlbench.losses import balanced_class_weights, masked_mse, soft_dice_loss, weighted_cross_entropy
 from mtlbench.model import ModelOutput
 from mtlbench.registry import register_task
-from mtlbench.tasks.base import DataError, DataSplits, TaskDefinition
 
 from .annotators import AnnotatorConfig
 from .dataset import ThyroidArrays, radiomics_statistics, standardise
 from .evaluator import CLASS_NAMES, ThyroidEvaluator
 from .heads import ClinicallyGuidedClassifier, SegmentationHead
 from .radiomics import FEATURE_NAMES
+from .settings import DATA_FORMATS, PRESETS, ThyroidData
 
-DATA_FORMATS = ("phantom", "thyroidxl", "aimi", "folder", "ddti", "tn3k")
 TASKS = ("seg", "cls")
 
 
@@ -67,6 +66,8 @@ class ThyroidTask(TaskDefinition):
     """Thyroid ultrasound: nodule segmentation, TI-RADS grading, clinically guided radiomics slice."""
 
     Params = ThyroidParams
+    Data = ThyroidData
+    presets = PRESETS
     summary_metrics = (
         ("dice", "Dice"),
         ("iou", "IoU"),
@@ -75,11 +76,19 @@ class ThyroidTask(TaskDefinition):
         ("recall", "Recall"),
         ("f1", "F1"),
     )
+    progress_metrics = ("dice", "f1")
+    #: (Dice + F1) / 2 on the validation split: both tasks count for the best checkpoint.
     default_monitor = "score"
+    segmentation_head = "seg"
+    supports_folds = True
+    data_config: ThyroidData
 
-    def __init__(self, params: ThyroidParams, data: DataConfig, seed: int, cache_dir: Path) -> None:
+    def __init__(self, params: ThyroidParams, data: ThyroidData, seed: int, cache_dir: Path) -> None:
         super().__init__(params, data, seed, cache_dir)
         self.class_weights: Tensor | None = None
+
+    def input_size(self) -> tuple[int, int]:
+        return (self.data_config.image_size, self.data_config.image_size)
 
     @property
     def task_names(self) -> tuple[str, ...]:

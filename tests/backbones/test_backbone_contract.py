@@ -13,8 +13,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import mtlbench.backbones  # noqa: F401  (registers the built-ins)
-from mtlbench.backbones import Backbone
+from mtlbench.backbones.contract import Backbone
 from mtlbench.registry import BACKBONES, UnknownNameError, create_backbone, list_backbones
 from tests.tiny import SMALL_BACKBONE_OPTIONS as SMALL_OPTIONS
 

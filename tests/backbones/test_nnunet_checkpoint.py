@@ -18,8 +18,8 @@ from mtlbench.backbones.nnunet_checkpoint import (
     NnUNetLoadReport,
     load_nnunet_checkpoint,
 )
-from mtlbench.config import DataConfig
 from mtlbench.model import MultiTaskModel
+from mtlbench.tasks.thyroid.settings import ThyroidData
 from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 from tests.tiny import SMALL_BACKBONE_OPTIONS
 
@@ -73,7 +73,7 @@ def save_checkpoint(network: nn.Module, path: Path, **extra: Any) -> Path:
 def thyroid_model(seed: int = 1) -> MultiTaskModel:
     torch.manual_seed(seed)
     backbone = nnunet_plain(**OPTIONS)
-    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, cache_dir=".")
+    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), ThyroidData(), 0, cache_dir=".")
     return MultiTaskModel(backbone, task.build_heads(backbone.contract)).eval()
 
 
@@ -82,7 +82,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, MultiTa
     network = nnunet_network()
     path = save_checkpoint(network, tmp_path_factory.mktemp("nnunet") / "checkpoint_final.pth")
     model = thyroid_model()
-    return network, model, load_nnunet_checkpoint(model, path)
+    return network, model, load_nnunet_checkpoint(model, path, "seg")
 
 
 def test_every_encoder_tensor_loads_and_encoder_outputs_are_identical(loaded) -> None:  # type: ignore[no-untyped-def]
@@ -160,7 +160,7 @@ def test_region_based_outputs_are_not_converted(tmp_path: Path) -> None:
         tmp_path / "checkpoint_final.pth",
         init_args={"dataset_json": {"labels": {"background": 0, "a": [1, 2]}, "regions_class_order": [1, 2]}},
     )
-    report = load_nnunet_checkpoint(thyroid_model(), path)
+    report = load_nnunet_checkpoint(thyroid_model(), path, "seg")
     unmatched = {u.checkpoint: u.kind for u in report.unmatched}
     assert unmatched["decoder.seg_layers.2.weight"] == SHAPE_MISMATCH
     assert unmatched["decoder.seg_layers.2.bias"] == SHAPE_MISMATCH
@@ -177,26 +177,26 @@ def test_the_checkpoint_is_read_with_weights_only(tmp_path: Path, monkeypatch: p
         return original(*args, **kwargs)
 
     monkeypatch.setattr(torch, "load", checked_load)
-    load_nnunet_checkpoint(thyroid_model(), path)
+    load_nnunet_checkpoint(thyroid_model(), path, "seg")
     assert len(calls) == 1
 
 
 def test_checkpoint_that_pickles_code_is_refused(tmp_path: Path) -> None:
     path = save_checkpoint(nnunet_network(), tmp_path / "checkpoint_final.pth", hook=print)
     with pytest.raises(ValueError, match="weights_only"):
-        load_nnunet_checkpoint(thyroid_model(), path)
+        load_nnunet_checkpoint(thyroid_model(), path, "seg")
 
 
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        load_nnunet_checkpoint(thyroid_model(), tmp_path / "nowhere" / "checkpoint_final.pth")
+        load_nnunet_checkpoint(thyroid_model(), tmp_path / "nowhere" / "checkpoint_final.pth", "seg")
 
 
 def test_a_file_without_network_weights_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "plain_state.pt"
     torch.save({"state_dict": nnunet_network().state_dict(), "epoch": 3}, path)
     with pytest.raises(ValueError, match=r"plain_state\.pt.*network_weights"):
-        load_nnunet_checkpoint(thyroid_model(), path)
+        load_nnunet_checkpoint(thyroid_model(), path, "seg")
 
 
 def test_a_backbone_without_the_nnunet_encoder_is_rejected(tmp_path: Path) -> None:
@@ -204,11 +204,11 @@ def test_a_backbone_without_the_nnunet_encoder_is_rejected(tmp_path: Path) -> No
 
     path = save_checkpoint(nnunet_network(), tmp_path / "checkpoint_final.pth")
     backbone = create_backbone("unet_small", **SMALL_BACKBONE_OPTIONS["unet_small"])
-    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, cache_dir=".")
+    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), ThyroidData(), 0, cache_dir=".")
     model = MultiTaskModel(backbone, task.build_heads(backbone.contract))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ValueError, match="no encoder tensor"):
-        load_nnunet_checkpoint(model, path)
+        load_nnunet_checkpoint(model, path, "seg")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -217,9 +217,9 @@ def test_other_stage_counts_are_reported_not_forced(tmp_path: Path) -> None:
     path = save_checkpoint(nnunet_network(), tmp_path / "checkpoint_final.pth")
     torch.manual_seed(0)
     backbone = nnunet_plain(n_stages=3, features_per_stage=(8, 16, 32))
-    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, cache_dir=".")
+    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), ThyroidData(), 0, cache_dir=".")
     model = MultiTaskModel(backbone, task.build_heads(backbone.contract))
-    report = load_nnunet_checkpoint(model, path)
+    report = load_nnunet_checkpoint(model, path, "seg")
     unmatched = {u.checkpoint: u for u in report.unmatched}
     assert unmatched["encoder.stages.3.0.convs.0.conv.weight"].kind == NO_COUNTERPART
     # stages pair by the skip they merge: nnU-Net's deepest decoder stage has no partner here
@@ -237,12 +237,37 @@ def test_a_model_without_segmentation_head_reports_the_decoder_as_unmatched(tmp_
     backbone = nnunet_plain(**OPTIONS)
     params = ThyroidParams(tasks=("cls",), embedding_dim=24, classifier_hidden=16)
     model = MultiTaskModel(
-        backbone, ThyroidTask(params, DataConfig(), 0, cache_dir=".").build_heads(backbone.contract)
+        backbone, ThyroidTask(params, ThyroidData(), 0, cache_dir=".").build_heads(backbone.contract)
     )
-    report = load_nnunet_checkpoint(model, path)
+    report = load_nnunet_checkpoint(model, path, "seg")
     assert not report.decoder and report.accounted == report.total
     decoder_keys = {
         k for k in nnunet_network().state_dict() if k.startswith("decoder.") and ".encoder." not in k
     }
     assert {u.checkpoint for u in report.unmatched} == decoder_keys
     assert all("no head 'seg'" in u.detail for u in report.unmatched)
+
+
+def test_nnunet_checkpoint_initialises_the_run_and_is_reported(tmp_path) -> None:
+    from mtlbench.config import ConfigError, resolve_config
+    from mtlbench.runner import prepare_run, run_experiment
+    from tests.tiny import tiny_run_overrides as thyroid_run_overrides
+
+    checkpoint = save_checkpoint(nnunet_network(), tmp_path / "checkpoint_final.pth")
+    overrides = thyroid_run_overrides(tmp_path, **{"train.epochs": 1, "data.num_external": 0})
+    overrides = [o for o in overrides if not o.startswith("backbone_args.")]
+    overrides += [
+        "backbone_args.n_stages=4",
+        "backbone_args.features_per_stage=[8, 16, 32, 64]",
+        f"nnunet_checkpoint={checkpoint}",
+    ]
+    cfg = resolve_config(overrides, method="vanilla", backbone="nnunet_plain")
+    prepared = prepare_run(cfg)
+    expected = nnunet_network().state_dict()["encoder.stages.0.0.convs.0.conv.weight"]
+    assert torch.equal(prepared.model.backbone.encoder.stages[0][0].convs[0].conv.weight, expected)
+    outcome = run_experiment(cfg, prepared=prepared)
+    assert (outcome.folder.root / "pretrained_report.txt").is_file()
+    assert outcome.result["pretrained"]["encoder"]
+    missing = resolve_config([*overrides[:-1], "nnunet_checkpoint=/nope.pth"], backbone="nnunet_plain")
+    with pytest.raises(ConfigError, match="nnunet_checkpoint '/nope.pth' does not exist"):
+        prepare_run(missing)

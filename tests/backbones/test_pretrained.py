@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtlbench.backbones import Backbone, load_pretrained
+from mtlbench.backbones.contract import Backbone
 from mtlbench.backbones.nnunet import nnunet_2d_settings
+from mtlbench.backbones.pretrained import load_pretrained
 from mtlbench.registry import create_backbone, list_backbones
 from tests.tiny import SMALL_BACKBONE_OPTIONS as SMALL_OPTIONS
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlbench.config import DataConfig
 from mtlbench.model import MultiTaskModel
 from mtlbench.registry import create_backbone
 from mtlbench.tasks.thyroid.ablations import (
@@ -17,6 +16,7 @@ from mtlbench.tasks.thyroid.ablations import (
     zeroed_clinical_weight,
 )
 from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
+from mtlbench.tasks.thyroid.settings import ThyroidData
 from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 from tests.tiny import SMALL_BACKBONE_OPTIONS
 
@@ -24,7 +24,7 @@ N_CLINICAL = len(FEATURE_NAMES)
 
 
 def thyroid_task() -> ThyroidTask:
-    return ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), DataConfig(), 0, cache_dir=".")
+    return ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), ThyroidData(), 0, cache_dir=".")
 
 
 def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> MultiTaskModel:

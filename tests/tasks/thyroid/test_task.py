@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from mtlbench.backbones.contract import FeatureContract, FeatureLevel
-from mtlbench.config import DataConfig
 from mtlbench.errors import DataError
 from mtlbench.model import ModelOutput
 from mtlbench.tasks.thyroid.radiomics import FEATURE_NAMES
+from mtlbench.tasks.thyroid.settings import ThyroidData
 from mtlbench.tasks.thyroid.task import ThyroidParams, ThyroidTask
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    data = DataConfig(image_size=32, num_train=20, num_val=6, num_test=4, radiomics_workers=1)
+    data = ThyroidData(image_size=32, num_train=20, num_val=6, num_test=4, radiomics_workers=1)
     task = ThyroidTask(ThyroidParams(), data, seed=0, cache_dir=tmp_path_factory.mktemp("cache"))
     return task, task.prepare(progress=False)
 
@@ -51,7 +51,7 @@ def test_class_weights_come_from_the_training_split(prepared) -> None:  # type: 
 
 def test_heads_and_losses_from_a_contract() -> None:
     contract = FeatureContract((FeatureLevel(4, 1), FeatureLevel(8, 2), FeatureLevel(16, 4)))
-    task = ThyroidTask(ThyroidParams(embedding_dim=20, classifier_hidden=8), DataConfig(), 0, cache_dir=".")
+    task = ThyroidTask(ThyroidParams(embedding_dim=20, classifier_hidden=8), ThyroidData(), 0, cache_dir=".")
     heads = task.build_heads(contract)
     feats = [torch.randn(2, 4, 16, 16), torch.randn(2, 8, 8, 8), torch.randn(2, 16, 4, 4)]
     outputs = {name: head(feats) for name, head in heads.items()}
@@ -68,7 +68,7 @@ def test_heads_and_losses_from_a_contract() -> None:
     }
     losses = task.compute_losses(ModelOutput(feats, outputs), batch)
     assert set(losses) == {"seg", "cls", "clin"}
-    off = ThyroidTask(ThyroidParams(clinical_guidance=False), DataConfig(), 0, cache_dir=".")
+    off = ThyroidTask(ThyroidParams(clinical_guidance=False), ThyroidData(), 0, cache_dir=".")
     assert off.task_names == ("seg", "cls") and set(off.loss_weights()) == {"seg", "cls"}
 
 
@@ -76,14 +76,14 @@ def test_heads_and_losses_from_a_contract() -> None:
     ("data", "fragment"),
     [
         (
-            DataConfig(root="/definitely/not/here", format="phantom"),
+            ThyroidData(root="/definitely/not/here", format="phantom"),
             "data.root '/definitely/not/here' does not exist",
         ),
-        (DataConfig(format="dicom"), "unknown data.format 'dicom'"),
-        (DataConfig(num_train=0), "data.num_train must be at least 1"),
+        (ThyroidData(format="dicom"), "unknown data.format 'dicom'"),
+        (ThyroidData(num_train=0), "data.num_train must be at least 1"),
     ],
 )
-def test_bad_data_settings_are_named(data: DataConfig, fragment: str) -> None:
+def test_bad_data_settings_are_named(data: ThyroidData, fragment: str) -> None:
     with pytest.raises(DataError, match=None) as info:
         ThyroidTask(ThyroidParams(), data, 0, cache_dir=".").check_data()
     assert fragment in str(info.value)
@@ -91,7 +91,7 @@ def test_bad_data_settings_are_named(data: DataConfig, fragment: str) -> None:
 
 def test_existing_root_with_phantom_format_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(DataError, match="data.format is 'phantom'"):
-        ThyroidTask(ThyroidParams(), DataConfig(root=str(tmp_path)), 0, cache_dir=".").check_data()
+        ThyroidTask(ThyroidParams(), ThyroidData(root=str(tmp_path)), 0, cache_dir=".").check_data()
 
 
 def test_bad_task_settings() -> None:
@@ -106,7 +106,7 @@ def test_annotator_noise_changes_training_labels_only(tmp_path) -> None:  # type
     from mtlbench.resolve import resolve_run
     from mtlbench.tasks.thyroid.annotators import AnnotatorConfig
 
-    data = DataConfig(image_size=32, num_train=30, num_val=10, num_test=10, radiomics_workers=1)
+    data = ThyroidData(image_size=32, num_train=30, num_val=10, num_test=10, radiomics_workers=1)
     clean = ThyroidTask(ThyroidParams(), data, 0, tmp_path).prepare(progress=False)
     noisy_task = ThyroidTask(
         ThyroidParams(annotators=AnnotatorConfig(n_readers=2, grade_flip_prob=0.5, contour_strength=2.0)),
@@ -124,10 +124,12 @@ def test_annotator_noise_changes_training_labels_only(tmp_path) -> None:  # type
         assert int(clean.test[i]["label"]) == int(noisy.test[i]["label"])
     # reachable from the command line as nested task_args, and part of the run id
     cfg = resolve_run(
-        resolve_config(["task_args.annotators.n_readers=3", "task_args.annotators.grade_flip_prob=0.1"])
+        resolve_config(
+            ["task_args.annotators.n_readers=3", "task_args.annotators.grade_flip_prob=0.1"], task="thyroid"
+        )
     )
     assert cfg.task_params.annotators == AnnotatorConfig(n_readers=3, grade_flip_prob=0.1)
-    assert cfg.run_id != resolve_run(resolve_config()).run_id
+    assert cfg.run_id != resolve_run(resolve_config(task="thyroid")).run_id
 
 
 def test_paper_baselines_on_the_noisy_phantom_report_test_and_external(tmp_path) -> None:  # type: ignore[no-untyped-def]

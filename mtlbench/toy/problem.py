@@ -43,16 +43,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NoReturn
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-
-from mtlbench.backbones.contract import FeatureContract
-from mtlbench.model import ModelOutput
-from mtlbench.registry import register_task
-from mtlbench.tasks.base import DataError, DataSplits, Evaluator, TaskDefinition
+from torch import Tensor
 
 #: Floor of the logarithm's argument (the script's ``LOWER``).
 LOG_FLOOR = 5e-6
@@ -138,7 +132,7 @@ def pareto_set(n: int = 201) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ToyParams:
-    """Toy-problem settings: Adam steps and learning rate, start points, scale of f₁."""
+    """Settings of one toy-problem figure: Adam steps and learning rate, start points, scale of f₁."""
 
     steps: int = 100_000
     lr: float = 1e-3
@@ -147,68 +141,13 @@ class ToyParams:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"task_args.steps must be >= 1, got {self.steps}")
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"task_args.lr must be a positive number, got {self.lr}")
+            raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if not self.starts:
-            raise ValueError("task_args.starts must hold at least one (x1, x2) point")
+            raise ValueError("--starts must hold at least one (x1, x2) point")
         for point in self.starts:
             if len(point) != 2 or not all(math.isfinite(float(v)) for v in point):
-                raise ValueError(f"task_args.starts: expected finite (x1, x2) points, got {point!r}")
+                raise ValueError(f"--starts: expected finite (x1, x2) points, got {point!r}")
         if not (self.f1_scale > 0 and math.isfinite(self.f1_scale)):
-            raise ValueError(f"task_args.f1_scale must be a positive number, got {self.f1_scale}")
-
-
-def _not_an_image_task() -> NoReturn:
-    raise DataError(
-        "task 'toy' is the two-objective toy problem, not an image task: the image trainer cannot run it; "
-        "use `mtlbench plot toy --methods ...` (or mtlbench.tasks.toy.trajectories.run_trajectory)"
-    )
-
-
-@register_task("toy")
-class ToyTask(TaskDefinition):
-    """Two-objective toy problem (Liu et al. 2021, Fig. 1) for visualising how methods combine conflicting gradients."""  # noqa: E501
-
-    Params = ToyParams
-
-    @property
-    def task_names(self) -> tuple[str, ...]:
-        return TASK_NAMES
-
-    def loss_weights(self) -> dict[str, float]:
-        return {name: 1.0 for name in TASK_NAMES}
-
-    def losses(self, x: Tensor) -> dict[str, Tensor]:
-        """The named task losses at ``x`` with this task's ``f1_scale``."""
-        return dict(zip(TASK_NAMES, losses(x, self.params.f1_scale)))
-
-    def trajectories(
-        self, method_name: str, method_params: Any = None
-    ) -> dict[tuple[float, float], np.ndarray]:
-        """One optimisation path (steps+1, 2) per start point, with this task's settings."""
-        from .trajectories import run_trajectory
-
-        p = self.params
-        return {
-            tuple(start): run_trajectory(
-                method_name, start, p.steps, p.lr, method_params, f1_scale=p.f1_scale
-            )
-            for start in p.starts
-        }
-
-    # The image trainer's hooks: the problem has no data, backbone or heads.
-    def check_data(self) -> None:
-        _not_an_image_task()
-
-    def prepare(self, progress: bool = True) -> DataSplits:
-        _not_an_image_task()
-
-    def build_heads(self, contract: FeatureContract) -> nn.ModuleDict:
-        _not_an_image_task()
-
-    def compute_losses(self, output: ModelOutput, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        _not_an_image_task()
-
-    def evaluator(self) -> Evaluator:
-        _not_an_image_task()
+            raise ValueError(f"--f1-scale must be a positive number, got {self.f1_scale}")

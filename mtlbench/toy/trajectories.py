@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtlbench.methods.base import MultiTaskMethod, StepInputs
+from mtlbench.api.method import MultiTaskMethod, StepInputs
 from mtlbench.registry import METHODS
 
 from .problem import TASK_NAMES, losses

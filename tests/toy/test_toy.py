@@ -9,12 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtlbench.config import DataConfig
-from mtlbench.errors import DataError
-from mtlbench.methods.base import MultiTaskMethod, StepInputs
+from mtlbench.api.method import MultiTaskMethod, StepInputs
 from mtlbench.plots.toy import plot_toy
 from mtlbench.registry import METHODS, TASKS, Entry, list_methods
-from mtlbench.tasks.toy.problem import (
+from mtlbench.toy.problem import (
     AVERAGE_MINIMUM,
     CAGRAD_STARTS,
     F1_MINIMUM,
@@ -23,12 +21,11 @@ from mtlbench.tasks.toy.problem import (
     MINIMUM_VALUE,
     NASH_MTL_STARTS,
     ToyParams,
-    ToyTask,
     losses,
     pareto_set,
     pareto_x2,
 )
-from mtlbench.tasks.toy.trajectories import run_trajectory, skip_reason
+from mtlbench.toy.trajectories import run_trajectory, skip_reason
 
 T1 = math.tanh(1.0)
 T2 = math.tanh(2.0)
@@ -143,26 +140,18 @@ def test_every_method_runs_or_is_refused_clearly(method: str) -> None:
     assert not np.array_equal(path[-1], path[0]), f"{method} did not move x"
 
 
-def test_task_entry(tmp_path: Path) -> None:
-    entry = TASKS.get("toy")
-    assert entry.obj is ToyTask
-    assert entry.description == (
-        "Two-objective toy problem (Liu et al. 2021, Fig. 1) for visualising how methods combine "
-        "conflicting gradients."
-    )
-    params = ToyParams(steps=5, starts=((0.0, 0.0), (9.0, -1.0)))
-    task = ToyTask(params, DataConfig(), seed=0, cache_dir=tmp_path)
-    assert task.task_names == ("f1", "f2")
-    assert task.loss_weights() == {"f1": 1.0, "f2": 1.0}
-    assert set(task.losses(f64(0.0, 0.0))) == {"f1", "f2"}
-    paths = task.trajectories("vanilla")
-    assert list(paths) == [(0.0, 0.0), (9.0, -1.0)] and all(p.shape == (6, 2) for p in paths.values())
-    with pytest.raises(DataError, match="mtlbench plot toy"):
-        task.check_data()
+def test_toy_is_a_plotting_tool_not_a_task() -> None:
+    assert "toy" not in TASKS.names()
     assert ToyParams().starts == NASH_MTL_STARTS and (ToyParams().steps, ToyParams().lr) == (100_000, 1e-3)
-    for bad, match in [({"steps": 0}, "steps"), ({"lr": -1.0}, "lr"), ({"starts": ()}, "starts")]:
+    for bad, match in [({"steps": 0}, "--steps"), ({"lr": -1.0}, "--lr"), ({"starts": ()}, "--starts")]:
         with pytest.raises(ValueError, match=match):
             ToyParams(**bad)  # type: ignore[arg-type]
+
+
+def test_plot_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--steps"):
+        plot_toy(["vanilla"], tmp_path / "t.png", steps=0, lr=1e-3)
+    assert not (tmp_path / "t.png").exists()
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""An example third-party mtlbench plugin: a task, a method and a backbone."""
