@@ -11,9 +11,12 @@ values equal √λ_min (condition number 1), i.e. the task contributions are ali
 Orthogonal gradients of equal norm give ``B = I`` and plain summation. An all-zero ``G`` keeps no
 eigenvalue and gives ``α = 𝟙`` (and d = 0).
 
-Conventions: the weights are ``B 𝟙`` as in ``methods.md`` (a sum over tasks); torchjd's
-``AlignedMTL`` uses the mean preference vector, i.e. ``B 𝟙 / T``. The update acts on the shared
-parameters only; heads receive their ordinary gradient of Σ λ_t L_t.
+Conventions: the weights are ``B 𝟙`` as in ``methods.md`` (a sum over tasks; the official code,
+SamsungLabs/MTL ``mtl/weighting/aligned.py``, also weighs by a preference vector of ones); torchjd's
+``AlignedMTL`` uses the mean preference vector, i.e. ``B 𝟙 / T``. The Gram matrix is formed in
+float64 (the base class), so the eps cut-off is float64's: with float32 a norm spread of 1e3 already
+puts a true eigenvalue (1e-6 of the largest) under ``T·eps``. The update acts on the shared
+parameters only; heads receive their ordinary gradient of Σ λ_t L_t. ``weight/<task>`` logs α.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlbench.api.checks import check_tasks
+from mtlbench.api.gradients import StepContext
+from mtlbench.api.weighting import GramianWeighting
 from mtlbench.registry import register_method
-
-from .gradient_combination import GradientCombination
 
 
 def balance_transformation(gram: Tensor) -> Tensor:
@@ -51,19 +55,15 @@ def aligned_mtl_weights(gram: Tensor) -> Tensor:
 
 
 @register_method("aligned_mtl")
-class AlignedMTL(GradientCombination):
+class AlignedMTL(GramianWeighting):
     """Aligned-MTL: task weights B𝟙 from the eigendecomposition of G Gᵀ that align the task gradients."""
 
     def validate(self) -> None:
-        if len(self.task_names) < 2:
-            raise ValueError(f"Aligned-MTL needs at least two tasks, got {self.task_names}")
+        check_tasks("Aligned-MTL", self.task_names, 2)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         return {}
 
-    def combine(self, grads: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """``d = Gᵀ α`` with ``α = B 𝟙``."""
-        alpha = aligned_mtl_weights(grads @ grads.T)
-        logs = {f"aligned/alpha/{name}": float(a) for name, a in zip(self.task_names, alpha.tolist())}
-        return grads.T @ alpha, logs
+    def weights(self, gram: Tensor, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        return aligned_mtl_weights(gram), {}

@@ -10,23 +10,24 @@ and LibMTL). For the first two epochs λ^DWA = 1. The objective is Σ_k λ_k^DWA
 task's configured weight; ``weight/<task>`` reports λ_k^DWA.
 
 The last two epoch means, the number of epochs seen and the current weights are buffers, so a
-resumed run continues with the same weights. A ratio whose denominator is not positive (a task whose
-mean loss was exactly 0) counts as 1, i.e. "no change". LibMTL computes the same weights (its
+resumed run continues with the same weights. Defaults as in the official code (lorenmt/mtan,
+``im2im_pred/model_segnet_mtan.py``: ``--temp`` 2.0, weights 1 for the first two epochs). A ratio
+whose denominator is not positive (a task whose mean loss was exactly 0) counts as 1, i.e. "no
+change". LibMTL computes the same weights (its
 ``epoch > 1`` with 0-based epochs is our e ≥ 3) without the configured λ_k.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from mtlbench.api.checks import check_param, check_tasks
+from mtlbench.api.method import MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
-
-from .base import MultiTaskMethod, StepInputs, detach_float
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,8 @@ class DWA(MultiTaskMethod):
         self.register_buffer("task_weights", torch.ones(k, dtype=torch.float64))
 
     def validate(self) -> None:
-        t = self.params.temperature
-        if not (isinstance(t, (int, float)) and t > 0 and math.isfinite(t)):
-            raise ValueError(
-                f"Parameter `temperature` should be a finite number > 0. Found `temperature = {t}`."
-            )
-        if len(self.task_names) < 1:
-            raise ValueError(f"DWA needs at least one task, got {self.task_names}")
+        check_param("temperature", self.params.temperature, low=0, low_open=True)
+        check_tasks("DWA", self.task_names)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:

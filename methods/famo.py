@@ -10,14 +10,19 @@ evaluates the losses again on the same batch without gradient (``needs.extra_for
 
     δ_t = log D_t(before) − log D_t(after),    ∇_w = J_softmax(w)ᵀ δ = z ⊙ (δ − ⟨z, δ⟩)
 
-with FAMO's own Adam (lr 0.025, coupled L2 weight decay γ = 1e-3 as in ``torch.optim.Adam``) —
-not the trainer's optimizer: the logits are a buffer, so the trainer never sees them. The logits,
-the Adam moments and step count, and the pending log-losses are buffers and are checkpointed with
-the run.
+with FAMO's own Adam (lr 0.025, coupled L2 weight decay γ as in ``torch.optim.Adam``) — not the
+trainer's optimizer: the logits are a buffer, so the trainer never sees them. The logits, the Adam
+moments and step count, and the pending log-losses are buffers and are checkpointed with the run.
+
+Defaults as in the official code (Cranial-XIX/FAMO, ``famo.py``, class ``FAMO``): γ = 0.01
+(``methods.md`` once said 1e-3), logit lr 0.025, and the shared parameters' gradient norm clipped to
+``max_norm`` = 1.0 after the backward pass (``clip_grad_norm_(shared_parameters, max_norm)``;
+``max_norm = 0`` turns it off). Under fp16 the clipping acts on the true (unscaled) norm; a
+non-finite gradient is left to the loss scaler.
 
 Conventions: ``log D_t`` is invariant to a positive rescaling of L_t, so the task's configured
 weight λ_t cannot change FAMO's update (beyond the 1e-8) and is not used. The losses must be
-non-negative. ``weight/<task>`` reports z_t.
+non-negative (the official ``min_losses`` are 0). ``weight/<task>`` reports z_t.
 """
 
 from __future__ import annotations
@@ -30,19 +35,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlbench.api.checks import check_param, check_tasks
+from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
-
-from .base import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
 
 LOSS_EPS = 1e-8
 
 
 @dataclass(frozen=True)
 class FAMOParams:
-    """FAMO hyper-parameters (of the logits' Adam)."""
+    """FAMO hyper-parameters: the logits' Adam (lr, γ) and the shared gradient's norm clip."""
 
     lr: float = 0.025
-    weight_decay: float = 1e-3
+    weight_decay: float = 0.01
+    max_norm: float = 1.0
 
 
 def adam_update(
@@ -106,18 +112,10 @@ class FAMO(MultiTaskMethod):
         self.register_buffer("pending", torch.zeros((), dtype=torch.bool))
 
     def validate(self) -> None:
-        p = self.params
-        if not (isinstance(p.lr, (int, float)) and p.lr > 0 and math.isfinite(p.lr)):
-            raise ValueError(f"Parameter `lr` should be a finite number > 0. Found `lr = {p.lr}`.")
-        if not (
-            isinstance(p.weight_decay, (int, float)) and p.weight_decay >= 0 and math.isfinite(p.weight_decay)
-        ):
-            raise ValueError(
-                "Parameter `weight_decay` should be a finite number >= 0. "
-                f"Found `weight_decay = {p.weight_decay}`."
-            )
-        if len(self.task_names) < 1:
-            raise ValueError(f"FAMO needs at least one task, got {self.task_names}")
+        check_param("lr", self.params.lr, low=0, low_open=True)
+        check_param("weight_decay", self.params.weight_decay, low=0)
+        check_param("max_norm", self.params.max_norm, low=0)
+        check_tasks("FAMO", self.task_names)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -141,9 +139,24 @@ class FAMO(MultiTaskMethod):
         self.pending.fill_(True)
         inputs.scale(objective).backward()
         z = torch.softmax(self.logits, dim=0).tolist()
-        logs = {"loss": detach_float(objective)}
+        logs = {"loss": detach_float(objective), **self._clip(inputs)}
         logs.update({f"weight/{t}": w for t, w in zip(self.task_names, z)})
         return logs
+
+    def _clip(self, inputs: StepInputs) -> dict[str, float]:
+        """Clip the shared gradient's true norm to ``max_norm`` (the official code's clip_grad_norm_)."""
+        grads = [p.grad for p in inputs.shared_parameters if p.grad is not None]
+        if not self.params.max_norm > 0 or not grads:
+            return {}
+        norm = (
+            float(torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])))
+            / inputs.loss_scale
+        )
+        if math.isfinite(norm) and norm > self.params.max_norm:
+            factor = self.params.max_norm / norm
+            for g in grads:
+                g.mul_(factor)
+        return {"famo/shared_grad_norm": norm}
 
     def after_step(self, recompute_losses: Callable[[], dict[str, Tensor]]) -> dict[str, float]:
         """Update the logits from the log-loss decrease that the optimizer step achieved on this batch."""

@@ -24,11 +24,12 @@ Choices pinned here:
   gradients are not finite leaves w unchanged. LibMTL instead parametrises w = T·softmax(v) and
   trains v with the model's optimizer.
 * ``weight/<task>`` reports the w_t used for this step's model gradient.
+* No official code is public; α = 1.5 is LibMTL's default (``config.py``, used by
+  ``weighting/GradNorm.py``); lr 0.025 is the project's choice for the weights' own Adam.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlbench.api.checks import check_param, check_tasks
+from mtlbench.api.method import MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
 
-from .base import MultiTaskMethod, StepInputs, detach_float
 from .famo import adam_update
 
 
@@ -94,16 +96,10 @@ class GradNorm(MultiTaskMethod):
 
     def validate(self) -> None:
         p = self.params
-        if not (isinstance(p.alpha, (int, float)) and p.alpha >= 0 and math.isfinite(p.alpha)):
-            raise ValueError(f"Parameter `alpha` should be a finite number >= 0. Found `alpha = {p.alpha}`.")
-        if not (isinstance(p.lr, (int, float)) and p.lr > 0 and math.isfinite(p.lr)):
-            raise ValueError(f"Parameter `lr` should be a finite number > 0. Found `lr = {p.lr}`.")
-        if not (isinstance(p.min_weight, (int, float)) and 0 <= p.min_weight < 1):
-            raise ValueError(
-                f"Parameter `min_weight` should be in [0, 1). Found `min_weight = {p.min_weight}`."
-            )
-        if len(self.task_names) < 1:
-            raise ValueError(f"GradNorm needs at least one task, got {self.task_names}")
+        check_param("alpha", p.alpha, low=0)
+        check_param("lr", p.lr, low=0, low_open=True)
+        check_param("min_weight", p.min_weight, low=0, high=1, high_open=True)
+        check_tasks("GradNorm", self.task_names)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:

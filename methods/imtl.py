@@ -6,17 +6,19 @@ U = [u_1 − u_t]_{t≥2}::
 
     α_{2:T} = g_1 Uᵀ (D Uᵀ)⁻¹,   α_1 = 1 − Σ_{t≥2} α_t
 
-Conventions pinned here:
+Conventions pinned here (no official code is public; LibMTL ``weighting/IMTL.py`` and torchjd
+``aggregation/_imtl_g.py`` are the references):
 
-* The same solution from the Gram matrix M = GGᵀ: u_tᵀd equal for all t ⟺ Mα ∝ n with
-  n_t = ‖g_t‖, so α = M⁺n / 𝟙ᵀM⁺n (pseudo-inverse; the generalisation of torchjd's ``IMTLG``).
-  For full-rank G it equals the closed form above (tested); unlike it, it stays defined when a
-  gradient is zero (that task gets α_t = 0) or the rows are linearly dependent. When 𝟙ᵀM⁺n
-  vanishes no direction is impartial and the update is zero.
-* Σ α_t = 1: the update has the scale of one task gradient (like LibMTL's and torchjd's IMTL-G),
-  not of the sum over tasks. LibMTL's ``IMTL`` is the hybrid IMTL-L+G; its gradient part at the
-  initial loss scales (s = 0) is exactly this method.
-* The Gram matrix is formed from G divided by its largest entry, so α does not depend on scale.
+* Solved on the cosine matrix C = U Uᵀ: with β = diag(‖g‖) α, ⟨u_t, d⟩ equal for all t ⟺ Cβ ∝ 𝟙,
+  so β = C⁺𝟙 and α = diag(‖g‖)⁻¹β / Σ(·). For full-rank G this is the closed form above and
+  torchjd's α = M⁺n/𝟙ᵀM⁺n (tested). Unlike a pseudo-inverse of M = GGᵀ (whose small eigenvalues
+  with norms 1e5 apart look like rank deficiency to any relative cut-off), C's conditioning does
+  not depend on the norms: only eigenvalues of C below 1e-13·T·max are treated as zero.
+* A zero gradient gets α_t = 0 and the others are balanced as if it were absent; when Σ of the
+  unnormalised weights vanishes no direction is impartial and the update is zero.
+* Σ α_t = 1: the update has the scale of one task gradient (like LibMTL and torchjd). LibMTL's
+  ``IMTL`` is the hybrid IMTL-L+G; its gradient part at the initial loss scales (s = 0) is this
+  method. Heads receive the gradient of Σ λ_t L_t.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlbench.api.checks import check_tasks
+from mtlbench.api.gradients import StepContext, gram_matrix
+from mtlbench.api.simplex import SINGULAR_RTOL
+from mtlbench.api.weighting import GramianWeighting, normalised_gram
 from mtlbench.registry import register_method
-
-from .gradient_combination import GradientCombination
 
 
 @dataclass(frozen=True)
@@ -37,49 +41,39 @@ class IMTLGParams:
     """IMTL-G has no hyper-parameters."""
 
 
-def _scaled_gram(grads: Tensor) -> Tensor:
-    peak = grads.detach().abs().max() if grads.numel() else grads.new_zeros(())
-    g = grads.detach() / peak if peak > 0 else grads.detach()
-    g = g.double()
-    return g @ g.T
-
-
 def imtl_g_weights(gram: Tensor) -> Tensor:
-    """α = M⁺n / 𝟙ᵀM⁺n for the Gram matrix M (zeros when the denominator vanishes)."""
-    m = gram.detach().double()
-    peak = m.diagonal().max() if m.numel() else m.new_zeros(())
-    if not peak > 0:
-        return torch.zeros(m.shape[0], dtype=gram.dtype, device=gram.device)
-    m = m / peak
-    norms = m.diagonal().clamp_min(0).sqrt()
-    v = torch.linalg.pinv(m, rtol=1e-10, hermitian=True) @ norms
-    total = v.sum()
-    if total.abs() <= 1e-12 * v.abs().sum().clamp_min(1e-300):
-        return torch.zeros_like(v).to(gram.dtype)
-    return (v / total).to(gram.dtype)
+    """α = D⁻¹C⁺𝟙 / Σ(D⁻¹C⁺𝟙) for the Gram matrix M = DCD (zeros when the sum vanishes)."""
+    c, n, nonzero = normalised_gram(gram)
+    alpha = torch.zeros(n.shape[0], dtype=torch.float64)
+    if bool(nonzero.any()):
+        lam, vec = torch.linalg.eigh(c[nonzero][:, nonzero])
+        keep = lam > lam.max() * lam.numel() * SINGULAR_RTOL
+        beta = vec[:, keep] @ (vec[:, keep].sum(0) / lam[keep])
+        alpha[nonzero] = beta / n[nonzero]
+        total = alpha.sum()
+        alpha = alpha / total if total.abs() > 1e-12 * alpha.abs().sum() else torch.zeros_like(alpha)
+    return alpha.to(gram.device, gram.dtype)
 
 
 def imtl_g_combine(grads: Tensor) -> Tensor:
     """Σ_t α_t g_t with the IMTL-G weights of the T×P matrix ``grads``."""
-    return imtl_g_weights(_scaled_gram(grads)).to(grads.device, grads.dtype) @ grads
+    alpha = imtl_g_weights(gram_matrix(grads))
+    return (alpha.to(grads.device) @ grads.double()).to(grads.dtype)
 
 
 @register_method("imtl_g")
-class IMTLG(GradientCombination):
+class IMTLG(GramianWeighting):
     """IMTL-G (Liu 2021): the convex-sum update with equal projections on every unit task gradient."""
 
     Params = IMTLGParams
 
     def validate(self) -> None:
-        if len(self.task_names) < 1:
-            raise ValueError(f"IMTL-G needs at least one task, got {self.task_names}")
+        check_tasks("IMTL-G", self.task_names)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         """IMTL-G has no hyper-parameters: an empty search space."""
         return {}
 
-    def combine(self, grads: Tensor) -> tuple[Tensor, dict[str, float]]:
-        alpha = imtl_g_weights(_scaled_gram(grads)).to(grads.device, grads.dtype)
-        logs = {f"weight/{t}": float(a) for t, a in zip(self.task_names, alpha.tolist())}
-        return alpha @ grads, logs
+    def weights(self, gram: Tensor, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        return imtl_g_weights(gram), {}

@@ -46,10 +46,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtlbench.api.method import MultiTaskMethod, StepInputs, detach_float
 from mtlbench.libmtl_compat import import_libmtl
 from mtlbench.registry import register_method
-
-from .base import MultiTaskMethod, StepInputs, detach_float
 
 #: Keyword arguments each LibMTL weighting reads, with LibMTL's own defaults (``LibMTL/config.py``).
 LIBMTL_KWARGS: dict[str, dict[str, Any]] = {
@@ -221,7 +220,7 @@ class LibMTLAdapter(MultiTaskMethod):
         if result is not None:
             values = result.detach().cpu().numpy() if isinstance(result, Tensor) else np.asarray(result)
             for name, value in zip(self.task_names, values.reshape(-1).tolist()):
-                logs[f"libmtl/weight/{name}"] = float(value)
+                logs[f"weight/{name}"] = float(value)
         return logs
 
     def on_epoch_end(self, epoch: int, train_losses: dict[str, float]) -> None:

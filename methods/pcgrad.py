@@ -13,9 +13,11 @@ Conventions pinned here:
   T×T Gram matrix GGᵀ: the result is ``wᵀG`` with per-task weights w (logged as ``weight/<task>``;
   without conflicts w = 𝟙). This costs O(T³) instead of O(T²P) and never copies G.
 * A task with a zero gradient (‖g_j‖ = 0) has g_i^PC · g_j = 0 and is never projected against.
-* The random order comes from a ``torch.Generator`` seeded with a value derived from ``(seed, step)``;
-  the method therefore has no state to checkpoint and a resumed run replays the same orders. With
+* The random order comes from the step context's generator (seeded from ``(seed, step)``); the
+  method therefore has no state to checkpoint and a resumed run replays the same orders. With
   two tasks the order does not matter and the result is deterministic.
+* Heads receive the gradient of Σ λ_t L_t (each head its task's gradient), as in the official
+  code (tianheyu927/PCGrad, ``PCGrad_tf.py``: only the shared variables are projected).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlbench.api.checks import check_param, check_tasks
+from mtlbench.api.gradients import GradientCombination, StepContext, combine_rows, gram_matrix, step_generator
+from mtlbench.api.weighting import weight_logs
 from mtlbench.registry import register_method
 
-from .base import StepInputs
-from .gradient_combination import GradientCombination
-
-_GOLDEN = 0x9E3779B97F4A7C15
+__all__ = ["PCGrad", "PCGradParams", "pcgrad_combine", "pcgrad_weights", "step_generator"]
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,6 @@ class PCGradParams:
     """PCGrad hyper-parameters: ``seed`` for the random projection order (combined with the step)."""
 
     seed: int = 0
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """A CPU generator seeded deterministically from ``(seed, step)``."""
-    return torch.Generator().manual_seed((seed * _GOLDEN + step) % (2**63))
 
 
 def pcgrad_weights(gram: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -70,7 +67,7 @@ def pcgrad_weights(gram: Tensor, generator: torch.Generator | None = None) -> Te
 
 def pcgrad_combine(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Σ_i g_i^PC for the T×P matrix ``grads`` (the order of projections drawn from ``generator``)."""
-    return pcgrad_weights(grads @ grads.T, generator) @ grads
+    return combine_rows(pcgrad_weights(gram_matrix(grads), generator), grads)
 
 
 @register_method("pcgrad")
@@ -79,27 +76,15 @@ class PCGrad(GradientCombination):
 
     Params = PCGradParams
 
-    def __init__(self, task_names: Any, params: Any = None) -> None:
-        super().__init__(task_names, params)
-        self._step = 0
-
     def validate(self) -> None:
-        seed = self.params.seed
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Parameter `seed` should be a non-negative integer. Found `seed = {seed!r}`.")
-        if len(self.task_names) < 1:
-            raise ValueError(f"PCGrad needs at least one task, got {self.task_names}")
+        check_param("seed", self.params.seed, "int", low=0)
+        check_tasks("PCGrad", self.task_names)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         """PCGrad has no hyper-parameter worth tuning (the seed is not one)."""
         return {}
 
-    def backward(self, inputs: StepInputs) -> dict[str, float]:
-        self._step = int(inputs.step)
-        return super().backward(inputs)
-
-    def combine(self, grads: Tensor) -> tuple[Tensor, dict[str, float]]:
-        weights = pcgrad_weights(grads @ grads.T, step_generator(self.params.seed, self._step))
-        logs = {f"weight/{t}": float(w) for t, w in zip(self.task_names, weights.tolist())}
-        return weights @ grads, logs
+    def aggregate(self, grads: Tensor, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        weights = pcgrad_weights(gram_matrix(grads), ctx.generator(self.params.seed))
+        return combine_rows(weights, grads), weight_logs(self.task_names, weights)

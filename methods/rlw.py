@@ -10,7 +10,8 @@ normal-distribution variant), not to T. ε comes from a private ``torch.Generato
 RNG nor on anything else the run draws, and a resumed run draws exactly the weights an
 uninterrupted one would. ``seed = None`` takes the run's seed: ``torch.initial_seed()`` at the
 first step (the runner seeds torch with the configured seed before training); the seed in use is
-a buffer, so it is checkpointed. ``weight/<task>`` reports λ_t^RLW.
+a buffer, so it is checkpointed. ``weight/<task>`` reports λ_t^RLW. The authors' code is LibMTL
+(``weighting/RLW.py``, ``dist="Normal"``: softmax of a standard normal draw), whose default this is.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mtlbench.api.checks import check_param, check_tasks
+from mtlbench.api.method import MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
-
-from .base import MultiTaskMethod, StepInputs, detach_float
 
 _UNSET = -1
 
@@ -54,11 +55,8 @@ class RLW(MultiTaskMethod):
         self.register_buffer("seed", torch.tensor(seed, dtype=torch.long))
 
     def validate(self) -> None:
-        seed = self.params.seed
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"Parameter `seed` should be None or an integer >= 0. Found `seed = {seed!r}`.")
-        if len(self.task_names) < 1:
-            raise ValueError(f"RLW needs at least one task, got {self.task_names}")
+        check_param("seed", self.params.seed, "int", low=0, allow_none=True)
+        check_tasks("RLW", self.task_names)
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:

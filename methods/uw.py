@@ -1,17 +1,22 @@
 """UW — uncertainty weighting (Kendall et al., CVPR 2018).
 
 Each task t has a learnable log-variance s_t = log σ_t² (initialised to ``init_log_variance``,
-0 by default) and the objective is::
+0 by default) and the objective is Kendall's (eq. 7 and 10 of the paper)::
 
-    L = Σ_t ½·exp(−s_t)·λ_t·L_t + ½·s_t
+    L = Σ_t k_t·exp(−s_t)·λ_t·L_t + ½·s_t,     k_t = 1 (classification) or ½ (regression)
 
-with λ_t the task's configured weight. The s_t are an ``nn.Parameter`` of this module, so the
-trainer's optimizer (built from the model's and the method's trainable parameters) updates them
-together with the network; they are checkpointed through ``state_dict()``.
+with λ_t the task's configured weight. The tasks named in ``classification`` (default ``("cls",)``,
+the thyroid task's softmax classifier; names that are not tasks of the run are ignored) use the
+classification form 1/σ² — a softmax likelihood with temperature σ² — the others the Gaussian
+regression form 1/(2σ²). Both have the same stationary weights in σ², but the classification form
+moves s_t twice as fast. The s_t are an ``nn.Parameter`` of this module, so the trainer's optimizer
+updates them together with the network; they are checkpointed through ``state_dict()``.
 
-Conventions: LibMTL writes the same objective (``L_t / (2·exp(s_t)) + s_t / 2``) but initialises
-s_t = −0.5 and has no λ_t; ``init_log_variance=-0.5`` reproduces it. The trainer's AdamW applies its
-weight decay to s_t as well, which pulls σ_t² gently towards 1.
+Conventions: no official code is public. LibMTL (``weighting/UW.py``) and the Nash-MTL repository
+(``methods/weight_methods.py``, ``Uncertainty``) use the regression form for every task
+(``classification=()`` reproduces them); LibMTL also initialises s_t = −0.5 and has no λ_t
+(``init_log_variance=-0.5``). The trainer's AdamW applies its weight decay to s_t as well, which
+pulls σ_t² gently towards 1. ``weight/<task>`` reports k_t·exp(−s_t).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlbench.api.checks import check_param, check_tasks
+from mtlbench.api.method import MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
-
-from .base import MultiTaskMethod, StepInputs, detach_float
 
 
 @dataclass(frozen=True)
@@ -32,18 +37,22 @@ class UWParams:
     """UW hyper-parameters."""
 
     init_log_variance: float = 0.0
+    classification: tuple[str, ...] = ("cls",)
 
 
 def uncertainty_objective(
-    losses: torch.Tensor, log_variances: torch.Tensor, weights: torch.Tensor
+    losses: torch.Tensor,
+    log_variances: torch.Tensor,
+    weights: torch.Tensor,
+    factors: torch.Tensor | float = 0.5,
 ) -> torch.Tensor:
-    """Σ_t ½·exp(−s_t)·λ_t·L_t + ½·s_t for stacked (T,) losses, log-variances and weights."""
-    return (0.5 * torch.exp(-log_variances) * weights * losses + 0.5 * log_variances).sum()
+    """Σ_t k_t·exp(−s_t)·λ_t·L_t + ½·s_t for stacked (T,) losses, log-variances, weights and k_t."""
+    return (factors * torch.exp(-log_variances) * weights * losses + 0.5 * log_variances).sum()
 
 
 @register_method("uw")
 class UW(MultiTaskMethod):
-    """Uncertainty weighting (Kendall 2018): learnable log-variances s_t, Σ_t ½·exp(−s_t)·λ_t·L_t + ½·s_t."""
+    """Uncertainty weighting (Kendall 2018): learnable s_t, Σ_t k_t·exp(−s_t)·λ_t·L_t + ½·s_t."""
 
     Params = UWParams
 
@@ -53,14 +62,18 @@ class UW(MultiTaskMethod):
         self.log_variances = nn.Parameter(init)
 
     def validate(self) -> None:
-        value = self.params.init_log_variance
-        if not (isinstance(value, (int, float)) and abs(value) < float("inf")):
+        check_param("init_log_variance", self.params.init_log_variance)
+        names = self.params.classification
+        if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
             raise ValueError(
-                "Parameter `init_log_variance` should be a finite number. "
-                f"Found `init_log_variance = {value}`."
+                "Parameter `classification` should be a list of task names. "
+                f"Found `classification = {names!r}`."
             )
-        if len(self.task_names) < 1:
-            raise ValueError(f"UW needs at least one task, got {self.task_names}")
+        check_tasks("UW", self.task_names)
+
+    def factors(self) -> torch.Tensor:
+        """k_t: 1 for the classification tasks, ½ for the others."""
+        return torch.tensor([1.0 if t in self.params.classification else 0.5 for t in self.task_names])
 
     @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
@@ -71,10 +84,11 @@ class UW(MultiTaskMethod):
         s = self.log_variances
         losses = torch.stack([inputs.losses[t].float() for t in self.task_names])
         weights = torch.tensor([float(inputs.weights[t]) for t in self.task_names], device=losses.device)
-        total = uncertainty_objective(losses, s.to(losses.device), weights)
+        factors = self.factors().to(losses.device)
+        total = uncertainty_objective(losses, s.to(losses.device), weights, factors)
         inputs.scale(total).backward()
         logs = {"loss": detach_float(total)}
-        effective = 0.5 * torch.exp(-s.detach())
+        effective = factors * torch.exp(-s.detach().to(losses.device))
         for i, t in enumerate(self.task_names):
             logs[f"weight/{t}"] = detach_float(effective[i])
             logs[f"log_variance/{t}"] = detach_float(s[i])

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from mtlbench.api.method import MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
-
-from .base import MultiTaskMethod, StepInputs, detach_float
 
 
 @register_method("vanilla")

@@ -1,24 +1,32 @@
 """Shared bookkeeping for methods that combine per-task gradients of the shared parameters.
 
-A subclass implements only :meth:`GradientCombination.combine`, a pure function of the T×P matrix
-``G`` of per-task shared gradients (rows in ``task_names`` order) returning the P-vector that
-becomes the shared gradient. This class computes ``G`` on the model's device (one
-``autograd.grad`` per task of the weighted loss λ_t·L_t), gives the heads their ordinary gradient of
-Σ λ_t L_t, and writes the combined vector into the shared parameters' ``.grad``.
+:class:`GradientCombination` owns the backward pass: it computes the T×P matrix ``G`` of per-task
+shared gradients on the model's device (one ``autograd.grad`` per task of λ_t·L_t), hands it with an
+explicit :class:`StepContext` (step, task names, the detached λ_t·L_t, a per-step RNG, whether this
+is a diagnostic step) to :meth:`GradientCombination.aggregate`, writes the resulting vector into the
+shared parameters' ``.grad`` and gives the heads their gradient. A matrix → vector method (PCGrad,
+GradDrop, ConFIG …) overrides ``aggregate(G, ctx)``; older methods override ``combine(G)`` only (it
+is called with the same ``G``). Task-weighting methods derive from
+:class:`mtlbench.api.weighting.GramianWeighting` instead and implement only the weights.
 
-Under fp16 loss scaling ``G`` is divided by the loss scale before ``combine`` and the result is
+Under fp16 loss scaling ``G`` is divided by the loss scale before ``aggregate`` and the result is
 multiplied by it again, so methods whose output is not proportional to their input (Nash-MTL,
 normalising methods) see true gradients, and the scaler's later unscale stays correct.
+
+Heads: by default each head receives the gradient of Σ λ_t L_t (LibMTL's and the CAGrad
+repository's convention). A weighting whose official code back-propagates Σ w_t L_t through the
+heads (MGDA, Nash-MTL) returns its weights as ``head_weights`` and the heads get Σ w_t λ_t L_t.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .base import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
+from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
 
 
 def flat_grads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
@@ -95,32 +103,124 @@ def pairwise_cosines(matrix: Tensor, names: Sequence[str]) -> dict[str, float]:
     return out
 
 
+_GOLDEN = 0x9E3779B97F4A7C15
+#: Columns per chunk when ``G`` is promoted to float64 (bounds the extra memory to T × 4 Mi × 8 bytes).
+_CHUNK = 1 << 22
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator seeded deterministically from ``(seed, step)`` (no global RNG involved)."""
+    return torch.Generator().manual_seed((seed * _GOLDEN + step) % (2**63))
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a combination may use besides ``G``: passed explicitly, never through attributes.
+
+    ``losses`` are the detached task objectives λ_t·L_t (float64, CPU, ``task_names`` order) or
+    ``None`` outside a training step (pure calls of :meth:`GradientCombination.combine`).
+    """
+
+    task_names: tuple[str, ...]
+    step: int = 0
+    losses: Tensor | None = None
+    diagnostics: bool = False
+
+    def generator(self, seed: int) -> torch.Generator:
+        """The per-step generator of a run seeded with ``seed`` (same draws after a resume)."""
+        return step_generator(seed, self.step)
+
+
+def gram_matrix(grads: Tensor) -> Tensor:
+    """``G Gᵀ`` in float64 on the CPU, accumulated over column chunks (``G`` stays where it is).
+
+    ``G`` is divided by its largest absolute entry first, so neither 1e-30 nor 1e30 gradients
+    under- or overflow; the result is scaled back. Float64 matters: a cosine of −1 + 1e-6 or a
+    norm ratio of 1e6 is beyond float32.
+    """
+    t = grads.shape[0]
+    if grads.numel() == 0:
+        return torch.zeros(t, t, dtype=torch.float64)
+    peak = float(grads.detach().abs().max())
+    if not peak > 0 or not torch.isfinite(torch.tensor(peak)):
+        return torch.full((t, t), 0.0 if peak == 0 else float("nan"), dtype=torch.float64)
+    out = torch.zeros(t, t, dtype=torch.float64, device=grads.device)
+    for start in range(0, grads.shape[1], _CHUNK):
+        block = grads.detach()[:, start : start + _CHUNK].double() / peak
+        out += block @ block.T
+    out = (out + out.T) / 2
+    return out.cpu() * peak**2
+
+
+def combine_rows(weights: Tensor, grads: Tensor) -> Tensor:
+    """``wᵀG`` with the products and sums in float64 (chunked), returned in ``G``'s dtype.
+
+    Near-opposed gradients cancel in ``wᵀG``: in float32 the rounding of w alone would leave a
+    relative error of 1e-7·‖w_t g_t‖/‖wᵀG‖, which is large exactly where the methods differ.
+    """
+    w = weights.detach().to(grads.device, torch.float64)
+    parts = [w @ grads[:, s : s + _CHUNK].double() for s in range(0, grads.shape[1], _CHUNK)]
+    out = torch.cat(parts) if parts else grads.new_zeros(grads.shape[1], dtype=torch.float64)
+    return out.to(grads.dtype)
+
+
+def gram_cosines(gram: Tensor, names: Sequence[str]) -> dict[str, float]:
+    """``cos/<a>-<b>`` for every task pair from the Gram matrix (0 for a zero row)."""
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    out = {}
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            denom = float(norms[a] * norms[b])
+            out[f"cos/{names[a]}-{names[b]}"] = float(gram[a, b]) / denom if denom > 0 else 0.0
+    return out
+
+
 class GradientCombination(MultiTaskMethod):
-    """Base class: per-task shared gradients → :meth:`combine` → the shared ``.grad``."""
+    """Base class: per-task shared gradients → :meth:`aggregate` → the shared ``.grad``."""
 
     needs = MethodNeeds(shared_grads=True)
 
+    def aggregate(self, grads: Tensor, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        """The combined P-vector for the T×P ``grads`` and diagnostics, given the step's context."""
+        if type(self).combine is GradientCombination.combine:
+            raise NotImplementedError(f"{type(self).__name__} implements neither aggregate nor combine")
+        return self.combine(grads)
+
     def combine(self, grads: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """Return the combined P-vector for the T×P ``grads`` and diagnostics (e.g. task weights)."""
-        raise NotImplementedError
+        """``aggregate`` with a neutral context (step 0, no losses): the pure-function entry point."""
+        if type(self).aggregate is GradientCombination.aggregate:
+            raise NotImplementedError(f"{type(self).__name__} implements neither aggregate nor combine")
+        return self.aggregate(grads, StepContext(self.task_names))
+
+    def shared_update(
+        self, grads: Tensor, ctx: StepContext
+    ) -> tuple[Tensor, dict[str, float], Tensor | None]:
+        """(vector, logs, head weights or None) — ``None``: heads get the gradient of Σ λ_t L_t."""
+        vector, logs = self.aggregate(grads, ctx)
+        if ctx.diagnostics:
+            logs = {**pairwise_cosines(grads, self.task_names), **logs}
+        return vector, logs, None
 
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         weighted = [inputs.weights[t] * inputs.losses[t] for t in self.task_names]
         shared = [p for p in inputs.shared_parameters if p.requires_grad]
         heads = [p for p in inputs.head_parameters if p.requires_grad]
-        total = sum(weighted)
-        scaled = [inputs.scale(loss) for loss in weighted]
-        grads = task_gradient_matrix(scaled, shared) / inputs.loss_scale
-        if heads:
-            head_grads = torch.autograd.grad(
-                inputs.scale(total), heads, retain_graph=False, allow_unused=True
-            )
+        grads = task_gradient_matrix([inputs.scale(loss) for loss in weighted], shared) / inputs.loss_scale
+        ctx = StepContext(
+            self.task_names,
+            int(inputs.step),
+            torch.tensor([detach_float(f) for f in weighted], dtype=torch.float64),
+            bool(inputs.diagnostics),
+        )
+        combined, logs, head_weights = self.shared_update(grads.float(), ctx)
+        assign_flat_grad(combined * inputs.loss_scale, shared)
+        if head_weights is None:
+            head_loss = sum(weighted)
+        else:
+            head_loss = sum(float(w) * f for w, f in zip(head_weights.tolist(), weighted))
+        if heads and isinstance(head_loss, Tensor) and head_loss.requires_grad:
+            head_grads = torch.autograd.grad(inputs.scale(head_loss), heads, allow_unused=True)
             for p, g in zip(heads, head_grads):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad + g
-        combined, logs = self.combine(grads.float())
-        assign_flat_grad(combined * inputs.loss_scale, shared)
-        out = {"loss": detach_float(total)}
-        out.update(pairwise_cosines(grads, self.task_names))
-        out.update(logs)
-        return out
+        return {"loss": detach_float(sum(weighted)), **logs}  # type: ignore[arg-type]

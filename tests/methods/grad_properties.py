@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from mtlbench.methods.base import StepInputs
+    from mtlbench.api.method import StepInputs
 
 CombineFn = Callable[[Tensor], Tensor]
 """T×P gradient matrix → combined P-vector."""
@@ -258,14 +258,18 @@ class SharedTrunkNet(torch.nn.Module):
 
 
 def tiny_step(
-    task_names: Sequence[str] = ("a", "b", "c"), seed: int = 0, batch: int = 6, step: int = 0
+    task_names: Sequence[str] = ("a", "b", "c"),
+    seed: int = 0,
+    batch: int = 6,
+    step: int = 0,
+    diagnostics: bool = False,
 ) -> tuple[SharedTrunkNet, StepInputs]:
     """A seeded :class:`SharedTrunkNet` and the :class:`StepInputs` of one step on it.
 
     Targets of consecutive tasks have opposite signs so their gradients usually conflict; the
     configured weights are 1, 0.5, 2, 1, … so that λ_t matters.
     """
-    from mtlbench.methods.base import StepInputs
+    from mtlbench.api.method import StepInputs
 
     torch.manual_seed(seed)
     model = SharedTrunkNet(task_names)
@@ -283,6 +287,7 @@ def tiny_step(
         representations={"bottleneck": z},
         step=step,
         head_parameters=list(model.heads.parameters()),
+        diagnostics=diagnostics,
     )
     return model, inputs
 
@@ -297,20 +302,29 @@ def independent_task_matrix(inputs: StepInputs, params: Sequence[Tensor]) -> Ten
 
 
 def assert_end_to_end(
-    method: Any, expected_shared: Callable[[Tensor], Tensor], rtol: float = 1e-5
+    method: Any,
+    expected_shared: Callable[[Tensor], Tensor],
+    rtol: float = 1e-5,
+    head_weights: Callable[[Tensor], Tensor] | None = None,
+    diagnostics: bool = False,
 ) -> dict[str, float]:
     """Run ``method.backward`` on :func:`tiny_step` and check the gradients it leaves behind.
 
     Every parameter gets a finite ``.grad``; the shared ``.grad`` equals ``expected_shared(G)`` for
     the independently computed float32 task matrix G; each head's ``.grad`` equals the gradient of
-    Σ λ_t L_t. Returns the method's logs (all floats).
+    Σ λ_t L_t, or of Σ w_t λ_t L_t with ``w = head_weights(G)`` (methods that weight the heads).
+    Returns the method's logs (all floats).
     """
-    model, inputs = tiny_step(method.task_names)
+    model, inputs = tiny_step(method.task_names, diagnostics=diagnostics)
     shared = list(model.trunk.parameters())
     heads = list(model.heads.parameters())
     matrix = independent_task_matrix(inputs, shared)
     expected = expected_shared(matrix.detach())
-    head_expected = torch.autograd.grad(inputs.weighted_sum(), heads, retain_graph=True)
+    head_loss = inputs.weighted_sum()
+    if head_weights is not None:
+        w = head_weights(matrix.detach()).tolist()
+        head_loss = sum(wt * inputs.weights[t] * inputs.losses[t] for wt, t in zip(w, method.task_names))
+    head_expected = torch.autograd.grad(head_loss, heads, retain_graph=True)
     logs = method.backward(inputs)
     assert all(isinstance(v, float) for v in logs.values()), logs
     for name, p in model.named_parameters():
@@ -321,3 +335,54 @@ def assert_end_to_end(
     for p, want in zip(heads, head_expected):
         assert_close_relative(p.grad, want, float(want.abs().max()) + 1e-12, rtol, "head gradient")
     return logs
+
+
+# -- adversarial matrices: where solvers break ------------------------------------------------------
+
+
+def adversarial(
+    n_tasks: int,
+    spread: float = 1e6,
+    opposed: bool = True,
+    seed: int = 0,
+    n_params: int = 12,
+    zero_rows: int = 0,
+    rank: int | None = None,
+    cos: float = -1 + 1e-6,
+) -> Tensor:
+    """A seeded float64 T×P matrix with row norms log-spaced over ``spread`` (1e6: 1e-3 … 1e3, in a
+    random order), optionally rows 0 and 1 at cosine ``cos`` (near-opposed), the last ``zero_rows``
+    rows zero, or rank ``rank`` (rows drawn from a ``rank``-dimensional subspace)."""
+    g = torch.Generator().manual_seed(seed)
+    if rank is None:
+        base = torch.randn(n_tasks, n_params, generator=g, dtype=DTYPE)
+    else:
+        left = torch.randn(n_tasks, rank, generator=g, dtype=DTYPE)
+        base = left @ torch.randn(rank, n_params, generator=g, dtype=DTYPE)
+    units = base / base.norm(dim=1, keepdim=True)
+    if opposed and n_tasks >= 2:
+        other = units[1] - (units[1] @ units[0]) * units[0]
+        units[1] = cos * units[0] + (1 - cos * cos) ** 0.5 * other / other.norm()
+    half = 0.5 * torch.log10(torch.tensor(float(spread), dtype=DTYPE))
+    norms = torch.logspace(float(-half), float(half), n_tasks, dtype=DTYPE)
+    out = units * norms[torch.randperm(n_tasks, generator=g)][:, None]
+    if zero_rows:
+        out[n_tasks - zero_rows :] = 0
+    return out
+
+
+ADVERSARIAL_INPUTS: dict[str, Tensor] = {
+    **{
+        f"T{t}_spread{s:.0e}_{'opposed' if o else 'random'}": adversarial(t, s, o, seed=t)
+        for t in (2, 3, 5, 8)
+        for s in (1e3, 1e6)
+        for o in (False, True)
+    },
+    "T4_spread1e+06_opposed_zero_row": adversarial(4, 1e6, True, seed=9, zero_rows=1),
+    "T5_spread1e+06_rank3": adversarial(5, 1e6, False, seed=10, rank=3),
+    "T6_spread1e+06_opposed_rank4": adversarial(6, 1e6, True, seed=11, rank=4),
+}
+"""Norm spreads 1e3 and 1e6, cos = −1 + 1e-6 pairs, T = 2…8, a zero row, rank deficiency (float64)."""
+
+HARDEST: dict[str, Tensor] = {k: v for k, v in ADVERSARIAL_INPUTS.items() if "1e+06_opposed" in k}
+"""The hardest inputs: norm spread 1e6 and a near-opposed pair (cos = −1 + 1e-6)."""

@@ -82,7 +82,7 @@ def test_method_combine_matches_pure_function_and_logs_weights() -> None:
     method = AlignedMTL(["a", "b", "c"])
     update, logs = method.combine(grads)
     assert torch.allclose(update, combine(grads), rtol=1e-6)
-    assert set(logs) == {"aligned/alpha/a", "aligned/alpha/b", "aligned/alpha/c"}
+    assert set(logs) == {"weight/a", "weight/b", "weight/c"}
 
 
 def test_parity_with_torchjd() -> None:
@@ -104,4 +104,4 @@ def test_validation() -> None:
 def test_end_to_end_every_parameter_gets_a_finite_gradient() -> None:
     # shared .grad = Gᵀ B𝟙 on an independently computed G; heads get the gradient of Σ λ_t L_t
     logs = assert_end_to_end(AlignedMTL(["a", "b"]), lambda g: g.T @ aligned_mtl_weights(g @ g.T))
-    assert {"aligned/alpha/a", "aligned/alpha/b"} <= set(logs)
+    assert {"weight/a", "weight/b"} <= set(logs)

@@ -112,14 +112,18 @@ def test_zero_and_pareto_stationary_inputs() -> None:
 
 def test_effective_weights_reproduce_the_result() -> None:
     grads = random_full_rank(3, 5, seed=9)
-    a, w = cagrad_weights(grads @ grads.T, 0.4, 1, True)
+    a, w, logs = cagrad_weights(grads @ grads.T, 0.4, 1, True)
+    assert logs["cagrad/fallback"] == 0.0 and logs["cagrad/kkt_residual"] <= 1e-9
     assert abs(float(w.sum()) - 1) < 1e-9 and torch.all(w >= 0)
     torch.testing.assert_close(a @ grads, fn(grads))
 
 
 def test_end_to_end() -> None:
     logs = assert_end_to_end(CAGrad(("a", "b", "c")), fn)
-    assert {"weight/a", "simplex/c", "cos/a-b"} <= set(logs)
+    assert {"weight/a", "simplex/c", "cagrad/kkt_residual"} <= set(logs) and "cos/a-b" not in logs
+    assert logs["cagrad/kkt_residual"] <= 1e-9 and logs["cagrad/fallbacks"] == 0.0
+    logs = assert_end_to_end(CAGrad(("a", "b", "c")), fn, diagnostics=True)  # cosines on diagnostic steps
+    assert "cos/a-b" in logs
     params = CAGradParams(alpha=0.5, rescale=0, scale_by_tasks=False)
     assert_end_to_end(CAGrad(("a", "b"), params), lambda g: raw(g, 0.5))
 

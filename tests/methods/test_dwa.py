@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mtlbench.api.method import StepInputs
 from mtlbench.config import resolve_config
-from mtlbench.methods.base import StepInputs
 from mtlbench.methods.dwa import DWA, DWAParams, dwa_weights
 from mtlbench.runner import run_experiment
 from mtlbench.trainer import StopTraining

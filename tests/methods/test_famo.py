@@ -32,7 +32,7 @@ def reference_logit_update(
     w: torch.nn.Parameter, opt: torch.optim.Adam, before: list[float], after: list[float]
 ) -> None:
     """The update written independently: δ = log D(before) − log D(after), w.grad = J_softmaxᵀ δ via
-    autograd, then torch.optim.Adam(lr=0.025, weight_decay=1e-3)."""
+    autograd, then torch.optim.Adam(lr=0.025, weight_decay=0.01) (the official code's defaults)."""
     delta = torch.log(torch.tensor(before) + 1e-8) - torch.log(torch.tensor(after) + 1e-8)
     (grad,) = torch.autograd.grad(torch.softmax(w, dim=0), w, grad_outputs=delta)
     opt.zero_grad()
@@ -44,7 +44,7 @@ def test_two_steps_with_known_loss_decrease_match_torch_adam() -> None:
     steps = [([1.0, 4.0], [0.5, 3.6]), ([0.5, 3.6], [0.45, 2.0])]
     famo = FAMO(("a", "b"))
     w = torch.nn.Parameter(torch.zeros(2))
-    opt = torch.optim.Adam([w], lr=0.025, weight_decay=1e-3)
+    opt = torch.optim.Adam([w], lr=0.025, weight_decay=0.01)
     for k, (before, after) in enumerate(steps):
         famo.backward(leaf_inputs(before, [1.0, 1.0])[0])
         logs = famo.after_step(lambda after=after: {"a": torch.tensor(after[0]), "b": torch.tensor(after[1])})
@@ -126,6 +126,7 @@ def test_state_dict_round_trip_reproduces_the_next_step() -> None:
         ("lr", float("nan")),
         ("weight_decay", -1e-3),
         ("weight_decay", float("inf")),
+        ("max_norm", -1.0),
     ],
 )
 def test_bad_hyper_parameters_are_rejected(field: str, value: float) -> None:
@@ -170,3 +171,22 @@ def test_trainer_calls_after_step_every_step(tmp_path: Path) -> None:
     famo = prepared.method
     assert int(famo.adam_step) == 6 and not bool(famo.pending)
     assert torch.isfinite(famo.logits).all() and not torch.equal(famo.logits, torch.zeros(3))
+
+
+def test_official_defaults_and_shared_gradient_clipping() -> None:
+    """Cranial-XIX/FAMO famo.py: γ = 0.01, w_lr = 0.025, clip_grad_norm_(shared, max_norm = 1.0)."""
+    assert FAMOParams() == FAMOParams(lr=0.025, weight_decay=0.01, max_norm=1.0)
+    from tests.methods.grad_properties import tiny_step
+
+    norms = {}
+    for max_norm in (0.0, 1e-3):
+        model, inputs = tiny_step(("a", "b"))
+        logs = FAMO(("a", "b"), FAMOParams(max_norm=max_norm)).backward(inputs)
+        shared = torch.cat([p.grad.reshape(-1) for p in model.trunk.parameters()])
+        heads = torch.cat([p.grad.reshape(-1) for p in model.heads.parameters()])
+        norms[max_norm] = (float(shared.norm()), heads, logs)
+    unclipped, heads0, _ = norms[0.0]
+    clipped, heads1, logs = norms[1e-3]
+    assert unclipped > 1e-3 and clipped == pytest.approx(1e-3, rel=1e-5)
+    assert logs["famo/shared_grad_norm"] == pytest.approx(unclipped, rel=1e-5)
+    assert torch.equal(heads0, heads1)  # heads are not clipped

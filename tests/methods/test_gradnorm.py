@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import mtlbench.methods.gradnorm as gradnorm_module
-from mtlbench.methods.base import StepInputs
+from mtlbench.api.method import StepInputs
 from mtlbench.methods.gradnorm import GradNorm, GradNormParams, gradnorm_loss, last_shared_layer
 from tests.methods.test_uw import TinyMTL, libmtl_weighting, sgd_step
 

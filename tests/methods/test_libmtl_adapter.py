@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from mtlbench.api.method import StepInputs
 from mtlbench.libmtl_compat import import_libmtl
-from mtlbench.methods.base import StepInputs
 from mtlbench.methods.libmtl_adapter import LibMTLAdapter, LibMTLParams, libmtl_weighting_names
 from mtlbench.registry import create_method, list_methods
 
@@ -63,7 +63,7 @@ def test_ew_equals_vanilla() -> None:
     theirs, logs = run(LibMTLAdapter(TASKS), TASKS)
     for name in ours:
         assert torch.allclose(theirs[name], ours[name], rtol=1e-6, atol=1e-7), name
-    assert logs["libmtl/weight/a"] == 1.0
+    assert logs["weight/a"] == 1.0
 
 
 def test_pcgrad_two_tasks_matches_ours() -> None:
@@ -113,7 +113,7 @@ def test_cagrad_with_kwargs_three_tasks_only() -> None:
     grads, logs = run(method, TASKS)
     ew, _ = run(LibMTLAdapter(TASKS), TASKS)
     assert not torch.allclose(grads["shared.weight"], ew["shared.weight"])
-    assert set(logs) >= {"libmtl/weight/a", "libmtl/weight/b", "libmtl/weight/c"}
+    assert set(logs) >= {"weight/a", "weight/b", "weight/c"}
     with pytest.raises(ValueError, match="hard-codes three tasks"):
         LibMTLAdapter(["a", "b"], LibMTLParams("CAGrad"))
 
@@ -130,11 +130,11 @@ def test_learnable_weights_are_parameters_and_checkpointed() -> None:
 def test_epoch_buffer_drives_dwa_and_is_checkpointed() -> None:
     method = LibMTLAdapter(TASKS, LibMTLParams("DWA", {"T": 2.0}))
     _, logs = run(method, TASKS)
-    assert [logs[f"libmtl/weight/{t}"] for t in TASKS] == [1.0, 1.0, 1.0]
+    assert [logs[f"weight/{t}"] for t in TASKS] == [1.0, 1.0, 1.0]
     method.on_epoch_end(1, {"a": 1.0, "b": 1.0, "c": 1.0})
     method.on_epoch_end(2, {"a": 0.5, "b": 1.0, "c": 2.0})
     _, logs = run(method, TASKS)
-    weights = [logs[f"libmtl/weight/{t}"] for t in TASKS]
+    weights = [logs[f"weight/{t}"] for t in TASKS]
     assert weights[0] < weights[1] < weights[2] and sum(weights) == pytest.approx(3.0)
     restored = LibMTLAdapter(TASKS, LibMTLParams("DWA"))
     restored.load_state_dict(method.state_dict())

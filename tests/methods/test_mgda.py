@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mtlbench.methods.base import StepInputs
+from mtlbench.api.method import StepInputs
 from mtlbench.methods.mgda import (
     MGDA,
     MGDAUB,
@@ -129,8 +129,10 @@ def test_normalisations() -> None:
 
 
 def test_end_to_end_mgda() -> None:
-    logs = assert_end_to_end(MGDA(("a", "b", "c")), fn)
+    logs = assert_end_to_end(MGDA(("a", "b", "c")), fn, head_weights=mgda_weights)
     assert abs(sum(logs[f"weight/{t}"] for t in "abc") - 1) < 1e-6
+    # The other convention (LibMTL): heads get the gradient of Σ λ_t L_t.
+    assert_end_to_end(MGDA(("a", "b", "c"), MGDAParams(heads="unweighted")), fn)
 
 
 def test_end_to_end_mgda_loss_normalisation() -> None:
@@ -139,30 +141,44 @@ def test_end_to_end_mgda_loss_normalisation() -> None:
         losses = torch.stack([inputs.weights[t] * inputs.losses[t].detach() for t in ("a", "b")])
         return mgda_weights(grads, losses, "loss+") @ grads
 
-    assert_end_to_end(MGDA(("a", "b"), MGDAParams(normalization="loss+")), expected)
+    def weights(grads: Tensor) -> Tensor:
+        _, inputs = tiny_step(("a", "b"))
+        losses = torch.stack([inputs.weights[t] * inputs.losses[t].detach() for t in ("a", "b")])
+        return mgda_weights(grads, losses, "loss+")
+
+    assert_end_to_end(MGDA(("a", "b"), MGDAParams(normalization="loss+")), expected, head_weights=weights)
 
 
+@pytest.mark.parametrize("batch", ["flatten", "sum"])
 @pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
-def test_end_to_end_mgda_ub(normalization: str) -> None:
+def test_end_to_end_mgda_ub(normalization: str, batch: str) -> None:
+    """``flatten`` (official code): the batch is part of the vector; ``sum`` (LibMTL): summed over it."""
     names = ("a", "b", "c")
     model, inputs = tiny_step(names)
     z = inputs.representations["bottleneck"]
     assert isinstance(z, Tensor)
-    rep = torch.stack(
-        [
-            torch.autograd.grad(inputs.weights[t] * inputs.losses[t], z, retain_graph=True)[0].sum(0)
-            for t in names
-        ]
-    )
+    rows = [torch.autograd.grad(inputs.weights[t] * inputs.losses[t], z, retain_graph=True)[0] for t in names]
+    rep = torch.stack([r.sum(0) if batch == "sum" else r.reshape(-1) for r in rows])
     losses = torch.stack([inputs.weights[t] * inputs.losses[t].detach() for t in names])
     w = mgda_weights(rep, losses, normalization)
     objective = sum(float(w[i]) * inputs.weights[t] * inputs.losses[t] for i, t in enumerate(names))
     expected = torch.autograd.grad(objective, list(model.parameters()), retain_graph=True)  # type: ignore[arg-type]
-    logs = MGDAUB(names, MGDAUBParams(normalization=normalization)).backward(inputs)
+    logs = MGDAUB(names, MGDAUBParams(normalization=normalization, batch=batch)).backward(inputs)  # type: ignore[arg-type]
     for p, want in zip(model.parameters(), expected):
         assert p.grad is not None and torch.isfinite(p.grad).all()
         assert_close_relative(p.grad, want, float(want.abs().max()), 1e-5, "MGDA-UB gradient")
     assert [logs[f"weight/{t}"] for t in names] == pytest.approx(w.tolist(), abs=1e-6)
+
+
+def test_mgda_ub_batch_conventions_differ() -> None:
+    """Flattening and summing give different weights on the same step (the option matters)."""
+    names = ("a", "b", "c")
+    weights = {}
+    for batch in ("flatten", "sum"):
+        _, inputs = tiny_step(names)
+        logs = MGDAUB(names, MGDAUBParams(batch=batch)).backward(inputs)  # type: ignore[arg-type]
+        weights[batch] = [logs[f"weight/{t}"] for t in names]
+    assert max(abs(a - b) for a, b in zip(weights["flatten"], weights["sum"])) > 1e-3, weights
 
 
 def test_mgda_ub_needs_the_representation() -> None:
@@ -182,7 +198,13 @@ def test_zero_gradients_give_zero() -> None:
 @pytest.mark.parametrize("cls", [MGDA, MGDAUB])
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("normalization", "L2"), ("max_iterations", 0), ("max_iterations", 2.5), ("tolerance", -1.0)],
+    [
+        ("normalization", "L2"),
+        ("max_iterations", 0),
+        ("max_iterations", 2.5),
+        ("tolerance", -1.0),
+        ("tolerance", float("nan")),
+    ],
 )
 def test_bad_parameters(cls: type, field: str, value: object) -> None:
     params = cls.Params(**{field: value})
@@ -198,3 +220,63 @@ def test_search_space() -> None:
 
     assert MGDA.search_space(Trial()) == {"normalization": "none"}
     assert MGDAUB.search_space(Trial()) == {"normalization": "none"}
+
+
+@pytest.mark.parametrize(("cls", "field", "value"), [(MGDA, "heads", "both"), (MGDAUB, "batch", "mean")])
+def test_bad_conventions(cls: type, field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=rf"Parameter `{field}` should be one of .*Found `{field} = "):
+        cls(("a", "b"), cls.Params(**{field: value}))
+
+
+def test_mgda_ub_fp16_autocast_skips_no_step() -> None:
+    """fp16 autocast on the CPU with the trainer's loss scaler (2^16): two heads with opposed
+    representation gradients of 1.2–1.8 per entry, so each task's scaled gradient overflows fp16
+    (> 65504) while the weighted backward (w ≈ 0.44, 0.56) does not. Each overflowing per-task
+    gradient is taken again at a smaller scale and unscaled in fp32, so the weights are the MGDA
+    weights of the true gradients (before: NaN Gram matrix, silently w = ½) and no step is skipped."""
+    from mtlbench.precision import Precision
+
+    torch.manual_seed(0)
+    trunk = torch.nn.Linear(4, 6)
+    heads = torch.nn.ModuleDict(
+        {"a": torch.nn.Linear(6, 1, bias=False), "b": torch.nn.Linear(6, 1, bias=False)}
+    )
+    with torch.no_grad():
+        trunk.weight.mul_(1e-4)
+        trunk.bias.zero_()
+        heads["a"].weight.fill_(1.0)
+        heads["b"].weight.fill_(-0.8)
+    params = [*trunk.parameters(), *heads.parameters()]
+    optimizer = torch.optim.SGD(params, lr=1e-6)
+    precision = Precision.create(torch.device("cpu"), "fp16")
+    method = MGDAUB(("a", "b"))
+    g = torch.Generator().manual_seed(1)
+    taken, overflowing = [], 0
+    for step in range(12):  # one epoch of 12 batches
+        x, y = torch.randn(4, 4, generator=g), 3.0 + 0.5 * torch.rand(4, generator=g)
+        optimizer.zero_grad()
+        with precision.autocast():
+            z = torch.tanh(trunk(x))
+            losses = {t: ((heads[t](z).squeeze(1).float() - y) ** 2).mean() for t in ("a", "b")}
+        assert z.dtype == torch.float16
+        scaled = [torch.autograd.grad(precision.scale(losses[t]), z, retain_graph=True)[0] for t in "ab"]
+        overflowing += int(not any(bool(torch.isfinite(r).all()) for r in scaled))
+        true = torch.stack(
+            [torch.autograd.grad(losses[t], z, retain_graph=True)[0].float().reshape(-1) for t in "ab"]
+        )
+        expected = mgda_weights(true.double())
+        inputs = StepInputs(
+            losses,
+            {"a": 1.0, "b": 1.0},
+            list(trunk.parameters()),
+            {"bottleneck": z},
+            step,
+            scale=precision.scale,
+            head_parameters=list(heads.parameters()),
+            loss_scale=precision.loss_scale,
+        )
+        logs = method.backward(inputs)
+        assert [logs["weight/a"], logs["weight/b"]] == pytest.approx(expected.tolist(), abs=1e-3)
+        taken.append(precision.step(optimizer))
+    assert overflowing == 12, "both tasks' scaled representation gradients should overflow fp16"
+    assert all(taken), f"skipped steps: {[k for k, ok in enumerate(taken) if not ok]}"

@@ -85,7 +85,20 @@ def test_order_is_seeded_by_seed_and_step() -> None:
 def test_end_to_end_uses_the_step_order() -> None:
     method = PCGrad(("a", "b", "c"), PCGradParams(seed=3))
     logs = assert_end_to_end(method, lambda g: pcgrad_combine(g, step_generator(3, 0)))
-    assert {"weight/a", "weight/b", "weight/c", "cos/a-b", "loss"} <= set(logs)
+    assert {"weight/a", "weight/b", "weight/c", "loss"} <= set(logs) and "cos/a-b" not in logs
+    logs = assert_end_to_end(method, lambda g: pcgrad_combine(g, step_generator(3, 0)), diagnostics=True)
+    assert "cos/a-b" in logs  # cosines only on diagnostic steps
+
+
+def test_backward_takes_the_order_from_the_step_context() -> None:
+    """The step reaches the order through the explicit StepContext (no attribute set by backward)."""
+    from mtlbench.api.gradients import StepContext
+
+    grads = STANDARD_INPUTS["wide_5x20"]
+    method = PCGrad(tuple("abcde"), PCGradParams(seed=1))
+    for step in range(4):
+        got, _ = method.aggregate(grads, StepContext(method.task_names, step))
+        torch.testing.assert_close(got, pcgrad_combine(grads, step_generator(1, step)))
 
 
 def test_end_to_end_two_tasks() -> None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtlbench.methods.base import StepInputs
+from mtlbench.api.method import StepInputs
 from mtlbench.methods.uw import UW, UWParams
 
 
@@ -151,3 +151,22 @@ def test_end_to_end_every_parameter_gets_a_finite_gradient() -> None:
     assert all(isinstance(v, float) and math.isfinite(v) for v in logs.values())
     for name, p in [*model.named_parameters(), ("log_variances", uw.log_variances)]:
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_classification_tasks_use_kendalls_classification_form() -> None:
+    """Kendall et al. eq. 10: a softmax classifier's term is exp(−s)·L + ½s (no ½ on the loss)."""
+    uw = UW(("cls", "clin"))  # default: ``cls`` is a classification task
+    with torch.no_grad():
+        uw.log_variances.copy_(torch.tensor([math.log(2.0), math.log(4.0)]))
+    inputs, losses = leaf_inputs([3.0, 8.0], [1.0, 1.0])
+    inputs.losses = {"cls": losses[0], "clin": losses[1]}
+    inputs.weights = {"cls": 1.0, "clin": 1.0}
+    logs = uw.backward(inputs)
+    expected = 3.0 / 2 + 0.5 * math.log(2.0) + 0.5 * 8.0 / 4 + 0.5 * math.log(4.0)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-6)
+    assert logs["weight/cls"] == pytest.approx(0.5) and logs["weight/clin"] == pytest.approx(0.125)
+    assert torch.allclose(uw.log_variances.grad, torch.tensor([-1.5 + 0.5, -1.0 + 0.5]))
+    regression = UW(("cls", "clin"), UWParams(classification=()))
+    assert regression.factors().tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="Parameter `classification`"):
+        UW(("cls",), UWParams(classification="cls"))  # type: ignore[arg-type]
