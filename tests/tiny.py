@@ -14,6 +14,8 @@ SMALL_BACKBONE_OPTIONS: dict[str, dict[str, Any]] = {
         "n_blocks_per_stage": (1, 1, 2, 2),
     },
     "timm": {"model_name": "resnet10t"},
+    "resnet50_dilated": {"model_name": "resnet10t"},
+    "segnet": {"widths": (4, 8, 8, 16, 16)},
 }
 
 
