@@ -37,6 +37,11 @@ Conventions pinned here:
   math, which is done in float32: under fp16 the gradients of the *scaled* losses can be used
   unchanged, tiny per-pixel gradients stay out of the subnormal range, and ``eps`` is relative to
   the sample's largest saliency entry instead of an absolute number.
+* Under fp16 the penalties' gradient is computed apart, as for RLAR (``rlar.penalised_backward``):
+  its cotangent into the heads' second-order graph, ``∂(λ_tsr L_tsr + λ_csa L_csa)/∂S_t``, does not
+  shrink with the loss scale, and fp16 double backward of InstanceNorm overflowed on it at every
+  scale. It is computed in float32, sent through that graph scaled to a small power of two and the
+  result rescaled in float32 — the same gradient.
 * A task whose gradient is zero for a sample (missing target, or a loss that does not reach z)
   contributes P = 0 to that location's entropy and no CSA positive; a sample with no saliency at
   all contributes neither TSR locations, CSA anchor nor negative. With everything present this is
@@ -53,10 +58,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
 from mtlbench.registry import register_method
 
-from .base import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
-from .rlar import representation_gradients
+from .rlar import float32_representation_gradients, penalised_backward
 
 Representation = Literal["bottleneck", "last", "mid"]
 REPRESENTATIONS: tuple[str, ...] = ("bottleneck", "last", "mid")
@@ -188,18 +193,27 @@ def stack_saliency(grads: Sequence[Tensor]) -> Tensor:
     return _rescale_per_sample(flat)
 
 
+def rep_mtl_penalties_from_gradients(
+    grads: Sequence[Tensor], temperature: float = 0.1, eps: float = 1e-8
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(L_tsr, L_csa, mean positive cosine)`` from each task's ``∇_z`` of its loss term."""
+    if len(grads) < 2:
+        raise ValueError(f"Rep-MTL needs at least two tasks, got {len(grads)}")
+    with torch.autocast(grads[0].device.type, enabled=False):
+        saliency = stack_saliency(grads)
+        tsr = tsr_entropy(saliency, eps)
+        csa, mean_pos = csa_infonce(saliency, temperature)
+    return tsr, csa, mean_pos
+
+
 def rep_mtl_penalties(
     losses: Sequence[Tensor], representation: Tensor, temperature: float = 0.1, eps: float = 1e-8
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(L_tsr, L_csa, mean positive cosine)`` for the task loss terms and the probed representation."""
     if len(losses) < 2:
         raise ValueError(f"Rep-MTL needs at least two tasks, got {len(losses)}")
-    with torch.autocast(representation.device.type, enabled=False):
-        grads = [representation_gradients(loss, [representation])[0] for loss in losses]
-        saliency = stack_saliency(grads)
-        tsr = tsr_entropy(saliency, eps)
-        csa, mean_pos = csa_infonce(saliency, temperature)
-    return tsr, csa, mean_pos
+    grads = [g for (g,) in float32_representation_gradients(losses, representation)]
+    return rep_mtl_penalties_from_gradients(grads, temperature, eps)
 
 
 @register_method("rep_mtl")
@@ -248,20 +262,17 @@ class RepMTL(MultiTaskMethod):
         if not isinstance(rep, Tensor):
             raise TypeError(f"Rep-MTL probes one tensor; representation {p.representation!r} is a list")
         terms = self.task_terms(inputs.losses)
-        tsr, csa, mean_pos = rep_mtl_penalties(
-            [inputs.scale(terms[t]) for t in self.task_names], rep, p.temperature, p.eps
-        )
+        scaled_terms = [inputs.scale(terms[t]) for t in self.task_names]
+        grads = [g for (g,) in float32_representation_gradients(scaled_terms, rep)]
+        tsr, csa, mean_pos = rep_mtl_penalties_from_gradients(grads, p.temperature, p.eps)
         tasks = sum(inputs.weights[t] * terms[t] for t in self.task_names)
         penalty = p.lambda_tsr * tsr + p.lambda_csa * csa
-        total = tasks + penalty
         logs = {
-            "loss": detach_float(total),
+            "loss": detach_float(tasks + penalty),
             "rep_mtl/tsr": detach_float(tsr),
             "rep_mtl/csa": detach_float(csa),
             "rep_mtl/pos_cos": detach_float(mean_pos),
         }
-        if inputs.diagnostics:  # where the penalty's gradient lands, per module
-            norms = gradient_norms(inputs.scale(penalty), inputs.parameter_groups, "rep_mtl_grad_norm")
-            logs.update({k: v / inputs.loss_scale for k, v in norms.items()})
-        inputs.scale(total).backward()
+        # with diagnostics: where the penalty's gradient lands, per module
+        logs.update(penalised_backward(inputs, tasks, penalty, grads, rep, "rep_mtl_grad_norm"))
         return logs

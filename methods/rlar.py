@@ -17,6 +17,13 @@ Conventions pinned here (see ``methods.md``):
   encoder. ``autograd.grad`` is called outside autocast and the cosines are computed in float32.
 * Under fp16 loss scaling the gradients of the *scaled* losses are taken (the cosine ignores the
   scale), so small per-pixel segmentation gradients do not underflow.
+* Under fp16 the penalty's own gradient is computed apart (:func:`penalised_backward`): the
+  cotangent it sends into the heads' second-order graph, ``∂L_RLAR/∂(∇_z L)``, is about
+  ``λ_adv/‖∇_z L‖`` whatever the loss scale, and fp16 double backward of InstanceNorm multiplies it
+  by the pixels per channel — so a single scaled backward overflowed at every loss scale. It is
+  computed in float32 and pushed through that graph scaled to a small power of two
+  (``SECOND_ORDER_COTANGENTS``), and the result is rescaled in float32: the same gradient, with no
+  fp16 value out of range. fp32 and bf16 keep the single backward.
 * A sample whose gradient for a task is exactly zero (its target is missing, or the task's loss
   does not reach the representation) has no direction: its pairs are left out of the mean.
   With every pair present this is exactly Eq. 6.
@@ -29,16 +36,16 @@ Conventions pinned here (see ``methods.md``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
 from mtlbench.registry import register_method
-
-from .base import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
 
 Representation = Literal["bottleneck", "last", "mid", "mean_last3"]
 
@@ -115,14 +122,138 @@ def representation_gradients(loss: Tensor, targets: Sequence[Tensor]) -> list[Te
     return [torch.zeros_like(z) if g is None else g for z, g in zip(targets, grads)]
 
 
+def float32_representation_gradients(
+    losses: Sequence[Tensor], representation: Tensor | Sequence[Tensor]
+) -> list[list[Tensor]]:
+    """Per loss, ``∇_z L`` for every probed level as float32 (``create_graph=True``), outside autocast.
+
+    These float32 copies are the only way a representation-level penalty depends on the parameters;
+    :func:`penalised_backward` differentiates through them.
+    """
+    targets = [representation] if isinstance(representation, Tensor) else list(representation)
+    with torch.autocast(targets[0].device.type, enabled=False):
+        return [[g.float() for g in representation_gradients(loss, targets)] for loss in losses]
+
+
+def rlar_penalty_from_gradients(grads: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
+    """The unweighted RLAR penalty and per-pair mean |cos| from each task's ``∇_z L`` levels."""
+    mean, per_pair, _ = pairwise_abs_cosine([per_sample_directions(g) for g in grads])
+    return mean, per_pair
+
+
 def rlar_penalty(
     losses: Sequence[Tensor], representation: Tensor | Sequence[Tensor]
 ) -> tuple[Tensor, Tensor]:
     """The unweighted RLAR penalty (Eq. 6 without λ_adv) and the per-pair mean |cos|."""
-    targets = [representation] if isinstance(representation, Tensor) else list(representation)
-    directions = [per_sample_directions(representation_gradients(loss, targets)) for loss in losses]
-    mean, per_pair, _ = pairwise_abs_cosine(directions)
-    return mean, per_pair
+    return rlar_penalty_from_gradients(float32_representation_gradients(losses, representation))
+
+
+#: Largest |cotangent| sent into the heads' fp16 second-order graph by :func:`penalty_parameter_gradients`,
+#: tried in order until the result is finite. fp16 double backward multiplies it by, e.g., InstanceNorm's
+#: pixels per channel (2^12 at 64 px, 2^18 at 512 px), so it must be small; but entries more than 2^12
+#: below it are subnormal and lose digits (2^-6 first: 1.7 % error in RLAR's penalty gradient on the
+#: test net, against 0.14 % at 2^-2 and 2^0).
+SECOND_ORDER_COTANGENTS = (2.0**-2, 2.0**-8, 2.0**-14)
+
+
+def needs_separate_penalty_pass(inputs: StepInputs, representation: Tensor | Sequence[Tensor]) -> bool:
+    """fp16 (a loss scale, or a half-precision representation): the penalty gets its own pass."""
+    levels = [representation] if isinstance(representation, Tensor) else list(representation)
+    return inputs.loss_scale != 1.0 or any(z.dtype == torch.float16 for z in levels)
+
+
+def penalty_parameter_gradients(
+    penalty: Tensor, grads: Sequence[Tensor], parameters: Sequence[nn.Parameter]
+) -> list[Tensor | None]:
+    """``∂penalty/∂θ`` (float32) for a penalty that depends on θ only through the float32 ``grads``.
+
+    ``c = ∂penalty/∂grads`` is computed in float32, scaled by a power of two ``κ`` so that its largest
+    entry is the first of :data:`SECOND_ORDER_COTANGENTS` (the next ones if the result overflows),
+    pushed through the (fp16) graph of ``grads`` and the result divided by ``κ`` in float32. With
+    exact arithmetic this is the gradient itself; in fp16 no intermediate depends on the size of
+    ``c`` (≈ 1/‖∇_z L‖, unbounded), only on the loss scale, which the GradScaler controls. The graph
+    is retained.
+    """
+    attached = [g for g in grads if g.requires_grad]
+    if not attached or not penalty.requires_grad:
+        return [None] * len(parameters)
+    cotangents = torch.autograd.grad(penalty, attached, retain_graph=True, allow_unused=True)
+    pairs = [(g, c) for g, c in zip(attached, cotangents) if c is not None]
+    if not pairs:
+        return [None] * len(parameters)
+    peak = max(float(c.detach().abs().max()) for _, c in pairs)
+    if peak == 0.0:
+        return [None] * len(parameters)
+    out: list[Tensor | None] = []
+    for target in SECOND_ORDER_COTANGENTS if math.isfinite(peak) else (peak,):
+        # A non-finite cotangent is passed on as is: the GradScaler sees it and skips the step.
+        kappa = 2.0 ** math.floor(math.log2(target / peak)) if math.isfinite(peak) else 1.0
+        result = torch.autograd.grad(
+            [g for g, _ in pairs],
+            list(parameters),
+            grad_outputs=[c * kappa for _, c in pairs],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        out = [None if g is None else g.float() / kappa for g in result]
+        if all(g is None or bool(torch.isfinite(g).all()) for g in out):
+            break
+    return out
+
+
+def trained_parameters(inputs: StepInputs) -> list[nn.Parameter]:
+    """Shared then head parameters that require a gradient, each once."""
+    seen: set[int] = set()
+    out = []
+    for p in (*inputs.shared_parameters, *inputs.head_parameters):
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def penalised_backward(
+    inputs: StepInputs,
+    objective: Tensor,
+    penalty: Tensor,
+    grads: Sequence[Tensor],
+    representation: Tensor | Sequence[Tensor],
+    diagnostics_prefix: str,
+) -> dict[str, float]:
+    """Accumulate ``∂ scale(objective + penalty)/∂θ`` into ``.grad``; return diagnostics.
+
+    ``penalty`` depends on the parameters only through the float32 representation gradients
+    ``grads`` (taken of the *scaled* losses). In fp32 and bf16 this is one backward. Under fp16 the
+    penalty's gradient comes from :func:`penalty_parameter_gradients` on ``shared_parameters`` and
+    ``head_parameters`` (which must then list every trained parameter, as the trainer's do) and is
+    added, times the loss scale, after the ordinary backward of the scaled objective. With
+    ``inputs.diagnostics`` the norm of the penalty's gradient per parameter group is returned as
+    ``<diagnostics_prefix>/<group>`` (unscaled).
+    """
+    logs: dict[str, float] = {}
+    if not needs_separate_penalty_pass(inputs, representation):
+        if inputs.diagnostics:
+            norms = gradient_norms(inputs.scale(penalty), inputs.parameter_groups, diagnostics_prefix)
+            logs = {k: v / inputs.loss_scale for k, v in norms.items()}
+        inputs.scale(objective + penalty).backward()
+        return logs
+    params = trained_parameters(inputs)
+    penalty_grads = penalty_parameter_gradients(penalty, grads, params)
+    if inputs.diagnostics:
+        by_id = {id(p): g for p, g in zip(params, penalty_grads)}
+        for name, group in inputs.parameter_groups.items():
+            sq = sum(float(by_id[id(p)].pow(2).sum()) for p in group if by_id.get(id(p)) is not None)
+            logs[f"{diagnostics_prefix}/{name}"] = sq**0.5
+    inputs.scale(objective).backward()
+    for p, g in zip(params, penalty_grads):
+        if g is None:
+            continue
+        g = (g * inputs.loss_scale).to(p.dtype)
+        if p.grad is None:
+            p.grad = g
+        else:
+            p.grad.add_(g)
+    return logs
 
 
 @register_method("rlar")
@@ -157,17 +288,14 @@ class RLAR(MultiTaskMethod):
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         rep = inputs.representation(self.params.representation)
         scaled_losses = [inputs.scale(inputs.losses[t]) for t in self.task_names]
-        mean_abs_cos, per_pair = rlar_penalty(scaled_losses, rep)
+        grads = float32_representation_gradients(scaled_losses, rep)
+        mean_abs_cos, per_pair = rlar_penalty_from_gradients(grads)
         penalty = self.params.lambda_adv * mean_abs_cos
-        total = inputs.weighted_sum() + penalty
-        logs = {"loss": detach_float(total), "rlar_penalty": detach_float(penalty)}
-        if inputs.diagnostics:
-            # Where the penalty's gradient lands (methods.md: mostly on the heads for scalar heads).
-            logs.update(gradient_norms(inputs.scale(penalty), inputs.parameter_groups, "rlar_grad_norm"))
-            logs = {
-                k: v / inputs.loss_scale if k.startswith("rlar_grad_norm/") else v for k, v in logs.items()
-            }
-        inputs.scale(total).backward()
+        objective = inputs.weighted_sum()
+        logs = {"loss": detach_float(objective + penalty), "rlar_penalty": detach_float(penalty)}
+        # Where the penalty's gradient lands (methods.md: mostly on the heads for scalar heads).
+        flat = [g for levels in grads for g in levels]
+        logs.update(penalised_backward(inputs, objective, penalty, flat, rep, "rlar_grad_norm"))
         k = 0
         for a in range(len(self.task_names)):
             for b in range(a + 1, len(self.task_names)):

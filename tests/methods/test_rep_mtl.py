@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtlbench.api.method import StepInputs
 from mtlbench.methods import rep_mtl
-from mtlbench.methods.base import StepInputs
 from mtlbench.methods.rep_mtl import (
     RepMTL,
     RepMTLParams,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlbench.methods.base import StepInputs
+from mtlbench.api.method import StepInputs
 from mtlbench.methods.rlar import RLAR, RLARParams, rlar_penalty
 from mtlbench.model import named_representations
 from tests.methods.tiny_nets import TinyNet, make_batch
