@@ -12,18 +12,32 @@ from pathlib import Path
 from typing import IO, Any
 
 
+class WriteError(OSError):
+    """A file could not be written (full disk, read-only folder, ...); the message names the path and
+    the operating system's reason. The previous version of the file, if any, is left as it was."""
+
+
+def cannot_write(path: str | Path, exc: OSError) -> WriteError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return WriteError(exc.errno or 0, f"cannot write {path}: {reason}")
+
+
 def _atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise cannot_write(path, exc) from None
         raise
 
 
@@ -40,28 +54,52 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def torch_save(path: str | Path, obj: Any) -> None:
+    """Serialised in memory first, so a full disk is an ``OSError`` with its reason, not a torch
+    ``RuntimeError`` from the middle of the zip writer."""
+    import io
+
     import torch
 
-    _atomic(Path(path), lambda h: torch.save(obj, h))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def append_line(path: str | Path, line: str) -> None:
     """Append one line and fsync (a crash loses at most that line, never earlier ones)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "a", encoding="utf-8") as handle:
-        handle.write(line.rstrip("\n") + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a", encoding="utf-8") as handle:
+            handle.write(line.rstrip("\n") + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise cannot_write(p, exc) from None
+
+
+class LockHeld(OSError):
+    """``locked(..., wait=False)`` found the lock held by another process."""
 
 
 @contextlib.contextmanager
-def locked(path: str | Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if needed) for read-modify-write cycles."""
+def locked(path: str | Path, wait: bool = True) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed) for read-modify-write cycles.
+
+    ``wait=False`` raises :class:`LockHeld` at once when another process holds it. The lock dies with
+    its process (a killed run never leaves a stale lock behind).
+    """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with open(p, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(p, "a+")  # closed by the with-block below
+    except OSError as exc:
+        raise cannot_write(p, exc) from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise LockHeld(f"{p} is locked by another process") from None
         try:
             yield
         finally:

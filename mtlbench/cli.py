@@ -30,8 +30,6 @@ config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 app.add_typer(config_app, name="config")
 
 KINDS = ("tasks", "methods", "backbones")
-_fail = fail
-_user_errors = user_errors
 
 
 OverridesArg = Annotated[
@@ -82,48 +80,80 @@ def run(
     ] = False,
 ) -> None:
     """Train one task with one method and backbone; resumes an interrupted run with the same config."""
-    errors = _user_errors()
+    errors = user_errors()
     try:
         from mtlbench.runner import prepare_run
 
         prepared = prepare_run(_config(task, method, backbone, config, preset, overrides))
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     _train_and_report(prepared, restart)
 
 
-def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyped-def]
+def _console():  # type: ignore[no-untyped-def]
+    """A console that does not wrap tables at 80 columns when stdout is a file or a pipe."""
+    import os
+
     from rich.console import Console
 
-    from mtlbench.progress import TrainingProgress
-    from mtlbench.runner import run_experiment
-    from mtlbench.summary import summary_table
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=160)
+    return console
+
+
+def _interrupted_message(cfg) -> str:  # type: ignore[no-untyped-def]
+    from mtlbench.results import RunFolder
+
+    folder = RunFolder.for_config(cfg)
+    if folder.has_checkpoint():
+        return "interrupted: the last finished epoch is saved; run the same command again to resume"
+    return (
+        "interrupted before the first epoch finished: nothing to resume; run the same command again to start"
+    )
+
+
+def _run_failures() -> tuple[type[BaseException], ...]:
+    """Failures of a valid run that end it with one line and status 3: a non-finite loss, a file that
+    cannot be written (full disk, read-only folder)."""
+    from mtlbench.atomic import WriteError
     from mtlbench.trainer import NonFiniteLossError
 
-    console = Console()
+    return (NonFiniteLossError, WriteError)
+
+
+def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyped-def]
+    from mtlbench.progress import TrainingProgress
+    from mtlbench.results import RunFolder
+    from mtlbench.runner import run_experiment
+    from mtlbench.summary import summary_table
+
+    console = _console()
     cfg = prepared.config
     console.print(
         f"[bold]mtlbench run[/bold] task={cfg.task} method={cfg.method} backbone={cfg.backbone} "
         f"preset={cfg.preset} device={prepared.device} run_id={cfg.run_id()}"
     )
+    folder = RunFolder.for_config(cfg)
+    if not restart and not folder.is_finished() and folder.has_checkpoint():
+        console.print("resuming from the last checkpoint")
     try:
         with TrainingProgress(live=cfg.train.progress, metrics=prepared.task.shown_metrics()) as progress:
             outcome = run_experiment(cfg, restart=restart, progress=progress, prepared=prepared)
-    except NonFiniteLossError as exc:
-        _fail(str(exc), EXIT_FAILED)
+    except _run_failures() as exc:
+        fail(str(exc), EXIT_FAILED)
+        return
+    except user_errors() as exc:
+        fail(str(exc))
         return
     except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: the last finished epoch is saved; run the same command again to resume", err=True
-        )
+        typer.echo(_interrupted_message(cfg), err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if outcome.already_finished:
         console.print(
             "this configuration has already finished; showing its result (use --restart to train again)"
         )
-    elif outcome.resumed:
-        console.print("resumed from the last checkpoint")
     console.print(summary_table(outcome.result, prepared.task.summary_metrics))
     res = outcome.result
     console.print(
@@ -144,11 +174,9 @@ def cv(
     folds: Annotated[int, typer.Option("--folds", "-k", help="Number of folds (the paper: 3).")] = 3,
 ) -> None:
     """k-fold cross-validation on folds shared by every method (grouped, stratified): mean ± std."""
-    errors = _user_errors()
+    errors = user_errors()
     try:
         cfg = _config(task, method, backbone, config, preset, overrides)
-        from rich.console import Console
-
         from mtlbench.cv import run_cv
         from mtlbench.progress import TrainingProgress
         from mtlbench.registry import TASKS
@@ -158,12 +186,50 @@ def cv(
         with TrainingProgress(live=cfg.train.progress, metrics=task_cls.shown_metrics()) as progress:
             outcome = run_cv(cfg, folds, progress=progress)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
-    console = Console()
+    except _run_failures() as exc:
+        fail(str(exc), EXIT_FAILED)
+        return
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: every finished epoch of every fold is saved; run the same command again to resume",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    console = _console()
     console.print(cv_table(outcome.summary, task_cls.summary_metrics))
     console.print(f"fold runs: {', '.join(str(o.folder.root) for o in outcome.folds)}")
     console.print(f"summary: {outcome.path}")
+
+
+@app.command("index")
+def index_command(
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Recreate index.json from the run folders (result.json files).")
+    ] = False,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="The runs folder.")] = Path("runs"),
+) -> None:
+    """The index of finished runs (<output-dir>/index.json): list it, or rebuild it from the run folders."""
+    from mtlbench.results import CorruptIndexError, index_path, read_index, rebuild_index
+
+    if rebuild:
+        try:
+            runs, problems = rebuild_index(output_dir)
+        except OSError as exc:
+            fail(str(exc), EXIT_FAILED)
+            return
+        for problem in problems:
+            typer.echo(f"skipped {problem}", err=True)
+        typer.echo(f"{index_path(output_dir)}: {len(runs)} runs indexed from the run folders")
+        return
+    try:
+        runs = read_index(output_dir)
+    except CorruptIndexError as exc:
+        fail(str(exc), EXIT_FAILED)
+        return
+    for entry in runs:
+        typer.echo(f"{entry.get('run_id')}  {entry.get('task')}  {entry.get('method')}  {entry.get('path')}")
 
 
 @app.command("list")
@@ -181,7 +247,7 @@ def list_entries(
 
     registries = {"tasks": TASKS, "methods": METHODS, "backbones": BACKBONES}
     if kind is not None and kind not in registries:
-        _fail(f"unknown kind {kind!r} (use one of: {', '.join(KINDS)})")
+        fail(f"unknown kind {kind!r} (use one of: {', '.join(KINDS)})")
     console = Console()
     for name in [kind] if kind else list(KINDS):
         table = Table(title=name, title_justify="left", show_lines=False)
@@ -202,13 +268,13 @@ def config_show(
     preset: PresetOpt = None,
 ) -> None:
     """Print the fully resolved configuration (YAML) and its run id."""
-    errors = _user_errors()
+    errors = user_errors()
     try:
         from mtlbench.resolve import resolve_run
 
         resolved = resolve_run(_config(task, method, backbone, config, preset, overrides))
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     from mtlbench.config import to_yaml
 
@@ -237,13 +303,13 @@ def plot_toy_command(
 
     points = {"nash_mtl": NASH_MTL_STARTS, "cagrad": CAGRAD_STARTS}.get(starts)
     if points is None:
-        _fail(f"--starts must be nash_mtl or cagrad, got {starts!r}")
+        fail(f"--starts must be nash_mtl or cagrad, got {starts!r}")
         return
     names = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         path = plot_toy(names, out, steps=steps, lr=lr, starts=points, f1_scale=f1_scale, report=typer.echo)
-    except (*_user_errors(), ValueError) as exc:
-        _fail(str(exc))
+    except (*user_errors(), ValueError) as exc:
+        fail(str(exc))
         return
     typer.echo(f"wrote {path}")
 
@@ -281,8 +347,8 @@ def data_check(
     """Read every sample of a data set; print counts, skipped samples and every problem with its file."""
     formats = data_formats(_TASK_CLI_MODULES)
     if data_format not in formats:
-        _fail(f"unknown data-set format {data_format!r} (available: {', '.join(formats)})")
-    errors = _user_errors()
+        fail(f"unknown data-set format {data_format!r} (available: {', '.join(formats)})")
+    errors = user_errors()
     try:
         from mtlbench.config import parse_scalar_options
 
@@ -294,7 +360,7 @@ def data_check(
             reader_options["frame_stride"] = frame_stride
         text, report, n_problems = formats[data_format].check_data_set(root, data_format, reader_options)
     except errors as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(text)
     if json_out is not None:
@@ -309,6 +375,11 @@ def data_check(
 from mtlbench.report.cli import register_commands as _register_report_commands  # noqa: E402
 
 _register_report_commands(app)
+
+# --- hyper-parameter studies (issue #13): `mtlbench tune` and `mtlbench tune show`, in mtlbench/tune/cli.py
+from mtlbench.tune.cli import register_commands as _register_tune_commands  # noqa: E402
+
+_register_tune_commands(app)
 
 
 def main() -> None:

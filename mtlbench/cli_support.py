@@ -32,7 +32,8 @@ CLI_GROUP = "mtlbench.cli"
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """One line on stderr, then exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    typer.echo(f"error: {line}", err=True)
     raise typer.Exit(code)
 
 

@@ -72,7 +72,44 @@ class TrainConfig:
     #: diagnostics (costs T extra backward passes on those steps); 0 turns it off.
     diagnostics_every: int = 20
     progress: bool = True
+    #: On a GPU: cuDNN deterministic algorithms, ``torch.use_deterministic_algorithms`` and a fixed
+    #: cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG=:4096:8``), so reruns are bit-identical; costs speed.
     deterministic: bool = True
+    #: Experiment trackers fed the per-epoch records of ``metrics.jsonl`` (:mod:`mtlbench.tracking`):
+    #: ``tensorboard`` (event files in the run folder), ``mlflow`` (``train.tracking_uri``; default
+    #: ``sqlite:///<output_dir>/mlflow.db``). Off by default; not part of the run id.
+    loggers: tuple[str, ...] = ()
+    tracking_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        """Every value is checked here, so a bad one stops the run before anything is written."""
+        for key in ("epochs", "steps_per_epoch", "batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ValueError(f"train.{key} must be at least 1, got {value}")
+        if self.val_steps is not None and self.val_steps < 1:
+            raise ValueError(
+                f"train.val_steps must be at least 1, or null for the whole validation split, "
+                f"got {self.val_steps}"
+            )
+        for key in ("lr", "weight_decay"):
+            value = getattr(self, key)
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(f"train.{key} must be a finite number >= 0, got {value}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"train.betas[{i}] must be in [0, 1), got {beta}")
+        if self.grad_clip is not None and not (0 < self.grad_clip < float("inf")):
+            raise ValueError(
+                f"train.grad_clip must be a positive number (or null for none), got {self.grad_clip}"
+            )
+        unknown_loggers = [name for name in self.loggers if name not in ("tensorboard", "mlflow")]
+        if unknown_loggers:
+            raise ValueError(f"train.loggers: unknown {unknown_loggers} (available: tensorboard, mlflow)")
+        if self.diagnostics_every < 0:
+            raise ValueError(
+                f"train.diagnostics_every must be >= 0 (0 turns it off), got {self.diagnostics_every}"
+            )
 
 
 @dataclass
@@ -111,7 +148,7 @@ class RunConfig:
 
 
 # Keys that do not change what a run computes: excluded from the run id.
-NON_IDENTITY_KEYS = ("output_dir", "train.progress")
+NON_IDENTITY_KEYS = ("output_dir", "train.progress", "train.loggers", "train.tracking_uri")
 
 #: Every task has this preset: the defaults, meant as a CPU try-out of a few minutes.
 DEFAULT_PRESET = "quick"
@@ -261,7 +298,10 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str = "") -> Any:
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        message = str(exc)
+        if not (where and message.startswith(f"{where}.")):  # the message names the key already
+            message = f"{where or cls.__name__}: {message}"
+        raise ConfigError(message) from None
     return obj
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from mtlbench import atomic
 from mtlbench.config import RunConfig, config_hash
 from mtlbench.errors import ConfigError
-from mtlbench.results import update_index
+from mtlbench.results import cv_index_entry, update_index
 from mtlbench.runner import RunOutcome, prepare_run, run_experiment
 from mtlbench.trainer import scalars
 
@@ -72,19 +72,5 @@ def run_cv(config: RunConfig, folds: int, progress: Any = None) -> CVOutcome:
         "config": shared,
     }
     atomic.write_json(path, summary)
-    update_index(
-        cfg.output_dir,
-        {
-            "run_id": f"cv-{ident}",
-            "kind": "cv",
-            "task": cfg.task,
-            "method": cfg.method,
-            "backbone": cfg.backbone,
-            "preset": cfg.preset,
-            "path": str(path),
-            "folds": folds,
-            "metrics": {s: {k: v["mean"] for k, v in m.items()} for s, m in summary["metrics"].items()},
-            "metrics_std": {s: {k: v["std"] for k, v in m.items()} for s, m in summary["metrics"].items()},
-        },
-    )
+    update_index(cfg.output_dir, cv_index_entry(summary, path, ident, cfg.preset))
     return CVOutcome(path, summary, outcomes)

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+
 def recorded_packages() -> list[str]:
     """mtlbench and every package it requires (its declared dependencies, extras left out)."""
     try:

@@ -31,18 +31,25 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return weights
 
 
-def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error that ignores missing (NaN) target values.
+def masked_mse(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    """Squared error that ignores missing (NaN) target values.
 
-    Per sample the mean over its present features, then the mean over samples with at least one
-    present feature; zero (still attached to the graph) when nothing is present. A sample with no
-    target therefore contributes no gradient at all.
+    Per sample the mean (``reduction="mean"``) or the sum (``"sum"``: the squared L2 norm
+    ‖pred − target‖², missing features contributing nothing) over its present features, then the mean
+    over samples with at least one present feature; zero (still attached to the graph) when nothing is
+    present. A sample with no target therefore contributes no gradient at all.
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"Parameter `reduction` should be 'mean' or 'sum'. Found `reduction = {reduction!r}`."
+        )
     pred = pred.float()
     present = ~torch.isnan(target)
     diff = torch.where(present, pred - torch.nan_to_num(target.float()), torch.zeros_like(pred))
     n_per_row = present.sum(dim=1)
-    per_row = (diff**2).sum(dim=1) / n_per_row.clamp_min(1)
+    per_row = (diff**2).sum(dim=1)
+    if reduction == "mean":
+        per_row = per_row / n_per_row.clamp_min(1)
     rows = (n_per_row > 0).float()
     return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from mtlbench import atomic
 from mtlbench.api.method import MultiTaskMethod
 from mtlbench.api.task import TaskDefinition
 from mtlbench.config import ConfigError, RunConfig
@@ -24,8 +25,9 @@ from mtlbench.model import MultiTaskModel
 from mtlbench.precision import Precision, pick_amp, pick_device
 from mtlbench.registry import create_backbone
 from mtlbench.resolve import ResolvedRun, resolve_run
-from mtlbench.results import RunFolder, update_index
-from mtlbench.trainer import Trainer, scalars, seed_everything
+from mtlbench.results import RunFolder, is_indexed, run_index_entry, update_index
+from mtlbench.tracking import check_loggers, tracked
+from mtlbench.trainer import Trainer, seed_everything
 
 
 @dataclass
@@ -64,6 +66,11 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         raise ConfigError(
             f"task {cfg.task!r} has fixed splits; data.folds (and so `mtlbench cv`) is not supported for it"
         )
+    if cfg.data.folds is not None and (cfg.data.folds < 2 or not 0 <= cfg.data.fold < cfg.data.folds):
+        raise ConfigError(
+            f"data.fold must be in 0..{cfg.data.folds - 1} for data.folds={cfg.data.folds} "
+            f"(and data.folds at least 2), got data.fold={cfg.data.fold}"
+        )
     task.check_data()
     try:
         method = resolved.method_entry.obj(task.task_names, resolved.method_params)
@@ -73,7 +80,7 @@ def prepare_run(config: RunConfig) -> PreparedRun:
     seed_everything(cfg.seed)
     try:
         backbone = create_backbone(cfg.backbone, in_channels=task.input_channels(), **cfg.backbone_args)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, FileNotFoundError) as exc:
         raise ConfigError(f"backbone_args for {cfg.backbone!r}: {exc}") from None
     multiple = backbone.input_multiple()
     size = task.input_size()
@@ -106,94 +113,119 @@ def peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return rss * scale / 2**20, "process_max_rss"
 
 
+def apply_determinism(deterministic: bool, device: torch.device) -> None:
+    """``train.deterministic`` on a GPU: deterministic cuDNN and PyTorch kernels and a fixed cuBLAS
+    workspace, so reruns are bit-identical (slower: no cuDNN autotuning, some kernels replaced by
+    deterministic ones; an op without a deterministic kernel warns instead of failing). On the CPU
+    the kernels used here are deterministic already and nothing is changed."""
+    torch.backends.cudnn.benchmark = not deterministic
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        # cuBLAS reads this when its handle is created: before the first matrix product on the GPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
 def run_experiment(
     config: RunConfig,
     restart: bool = False,
     progress: Any = None,
-    stop_after_epochs: int | None = None,
     prepared: PreparedRun | None = None,
+    callbacks: tuple[Any, ...] = (),
 ) -> RunOutcome:
-    """Train (or resume) the configured run and write its results; see :mod:`mtlbench.results`."""
+    """Train (or resume) the configured run and write its results; see :mod:`mtlbench.results`.
+
+    Nothing is written before the data are prepared and ``train.monitor`` is checked on one
+    validation batch; the run folder is then locked for the rest of the run.
+    """
     prep = prepared or prepare_run(config)
     cfg = prep.config
     folder = RunFolder.for_config(cfg)
     if folder.is_finished() and not restart:
-        return RunOutcome(folder, folder.read_result(), resumed=False, already_finished=True)
+        return _finished(folder, cfg)
 
     started = time.perf_counter()
     splits = prep.task.prepare(progress=cfg.train.progress)
     device = prep.device
-    if cfg.train.deterministic:
-        torch.backends.cudnn.benchmark = False
+    apply_determinism(cfg.train.deterministic, device)
     model = prep.model.to(device)
     method = prep.method.to(device)
     precision = Precision.create(device, pick_amp(cfg.train.amp, device))
-    folder.create(cfg)
-    if restart:
-        folder.reset()
-    if prep.pretrained is not None:
-        from mtlbench import atomic
-
-        atomic.write_text(folder.root / "pretrained_report.txt", prep.pretrained.format_report(verbose=True))
     trainer = Trainer(cfg, prep.task, model, method, splits, folder, precision)
-    resumed = folder.has_checkpoint()
-    if resumed:
-        trainer.restore(folder.load_checkpoint("last"))
-        folder.truncate_metrics(trainer.state.epoch)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    trainer.check_monitor()
+    check_loggers(cfg)  # a tracker whose package is missing: one clear line, nothing written
+    try:
+        folder.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise atomic.cannot_write(folder.root, exc) from None
+    with folder.lock():
+        if folder.is_finished() and not restart:  # another process finished it while we prepared
+            return _finished(folder, cfg)
+        folder.create(cfg)
+        if restart:
+            folder.reset()
+        if prep.pretrained is not None:
+            atomic.write_text(
+                folder.root / "pretrained_report.txt", prep.pretrained.format_report(verbose=True)
+            )
+        resumed = folder.has_checkpoint()
+        if resumed:
+            trainer.restore(folder.load_checkpoint("last"))
+        folder.truncate_metrics(trainer.state.epoch)  # 0 epochs kept when starting from scratch
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
-    trainer.fit(progress=progress, stop_after_epochs=stop_after_epochs)
+        with tracked(cfg, folder) as loggers:  # TensorBoard / MLflow, fed the metrics.jsonl records
+            trainer.fit(progress=progress, callbacks=(*callbacks, *loggers))
 
-    # The best checkpoint by the monitored metric; the last one if the metric was never finite.
-    final = "best" if folder.checkpoint_path("best").is_file() else "last"
-    model.load_state_dict(folder.load_checkpoint(final)["model"])
-    metrics = {name: trainer.evaluate(dataset) for name, dataset in splits.evaluation_splits().items()}
-    state = trainer.state
-    peak, peak_kind = peak_memory_mb(device)
-    result = {
-        "run_id": folder.run_id,
-        "task": cfg.task,
-        "method": cfg.method,
-        "backbone": cfg.backbone,
-        "preset": cfg.preset,
-        "seed": cfg.seed,
-        "best_epoch": state.best_epoch,
-        "evaluated_checkpoint": final,
-        "monitor": {"metric": cfg.train.monitor, "mode": cfg.train.monitor_mode, "best": state.best_value},
-        "metrics": metrics,
-        "epochs": state.epoch,
-        "steps": state.global_step,
-        "skipped_steps": state.skipped_steps,
-        "train_time_s": state.train_time_s,
-        "wall_time_s": time.perf_counter() - started,
-        "mean_step_time_s": state.step_time_sum / max(state.step_count, 1),
-        "peak_memory_mb": peak,
-        "peak_memory_kind": peak_kind,
-        "precision": precision.mode,
-        "resumed": resumed,
-        "pretrained": None if prep.pretrained is None else prep.pretrained.to_dict(),
-        "data": splits.info,
-        "versions": versions(),
-        "device": device_info(device),
-        "git_commit": git_commit(),
-        "config": cfg.to_dict(),
-    }
-    folder.write_result(result)
-    update_index(
-        cfg.output_dir,
-        {
+        # The best checkpoint by the monitored metric; the last one if the metric was never finite.
+        final = "best" if folder.checkpoint_path("best").is_file() else "last"
+        model.load_state_dict(folder.load_checkpoint(final)["model"])
+        metrics = {name: trainer.evaluate(dataset) for name, dataset in splits.evaluation_splits().items()}
+        state = trainer.state
+        peak, peak_kind = peak_memory_mb(device)
+        result = {
             "run_id": folder.run_id,
             "task": cfg.task,
             "method": cfg.method,
             "backbone": cfg.backbone,
             "preset": cfg.preset,
             "seed": cfg.seed,
-            "path": str(folder.root),
-            "metrics": {split: scalars(m) for split, m in metrics.items()},
-            "mean_step_time_s": result["mean_step_time_s"],
+            "best_epoch": state.best_epoch,
+            "evaluated_checkpoint": final,
+            "monitor": {
+                "metric": cfg.train.monitor,
+                "mode": cfg.train.monitor_mode,
+                "best": state.best_value,
+            },
+            "metrics": metrics,
+            "epochs": state.epoch,
+            "steps": state.global_step,
+            "skipped_steps": state.skipped_steps,
+            "train_time_s": state.train_time_s,
+            "wall_time_s": time.perf_counter() - started,
+            "mean_step_time_s": state.step_time_sum / max(state.step_count, 1),
             "peak_memory_mb": peak,
-            "device": result["device"]["name"],
-        },
-    )
+            "peak_memory_kind": peak_kind,
+            "precision": precision.mode,
+            "resumed": resumed,
+            "pretrained": None if prep.pretrained is None else prep.pretrained.to_dict(),
+            "data": splits.info,
+            "versions": versions(),
+            "device": device_info(device),
+            "git_commit": git_commit(),
+            "config": cfg.to_dict(),
+        }
+        folder.write_result(result)
+        update_index(cfg.output_dir, run_index_entry(result, folder.root))
     return RunOutcome(folder, result, resumed=resumed, already_finished=False)
+
+
+def _finished(folder: RunFolder, cfg: RunConfig) -> RunOutcome:
+    """A finished run's outcome; indexed again if the index lost it (e.g. it was corrupt)."""
+    result = folder.read_result()
+    if not is_indexed(cfg.output_dir, folder.run_id):
+        update_index(cfg.output_dir, run_index_entry(result, folder.root))
+    return RunOutcome(folder, result, resumed=False, already_finished=True)

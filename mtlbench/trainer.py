@@ -62,8 +62,17 @@ def epoch_batches(n: int, steps: int, batch_size: int, seed: int, epoch: int) ->
     return idx.tolist()
 
 
-def eval_batches(n: int, batch_size: int, max_batches: int | None) -> list[list[int]]:
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+def eval_batches(
+    n: int, batch_size: int, max_batches: int | None, seed: int = 0, epoch: int | None = None
+) -> list[list[int]]:
+    """Batches of an evaluation pass: the whole split in order, or with ``max_batches`` (and an
+    ``epoch``) a seeded draw without replacement that differs every epoch, never the same first
+    samples of the file order."""
+    order = list(range(n))
+    if max_batches is not None and epoch is not None and max_batches * batch_size < n:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * (epoch + 1))
+        order = sorted(torch.randperm(n, generator=gen)[: max_batches * batch_size].tolist())
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return batches if max_batches is None else batches[:max_batches]
 
 
@@ -73,7 +82,15 @@ def move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torc
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors, numbers and lists, so a checkpoint loads with
+    ``weights_only=True`` (numpy's state array and Python's tuples are not allowed there)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "python": [version, list(internal), gauss],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -81,10 +98,26 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopAfterEpochs:
+    """A callback that ends training after ``n`` epochs of one ``fit`` call, as an interruption would
+    (the last checkpoint is on disk): how tests interrupt a run."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.done = 0
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.done += 1
+        if self.done >= self.n:
+            raise StopTraining(f"stopped after {self.done} epoch(s) as requested")
 
 
 def shared_gradient_cosines(
@@ -215,10 +248,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, dataset: Dataset, max_batches: int | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, dataset: Dataset, max_batches: int | None = None, epoch: int | None = None
+    ) -> dict[str, Any]:
+        """Metrics on ``dataset``: all of it, or ``max_batches`` batches (a seeded draw per ``epoch``)."""
         self.model.eval()
         evaluator = self.task.evaluator()
-        batches = eval_batches(len(dataset), self.config.train.eval_batch_size, max_batches)
+        batches = eval_batches(
+            len(dataset), self.config.train.eval_batch_size, max_batches, self.config.seed, epoch
+        )
         for batch in self._loader(dataset, batches):
             with self.precision.autocast():
                 output = self.model(batch["image"])
@@ -233,16 +271,33 @@ class Trainer:
         return value > best if self.config.train.monitor_mode == "max" else value < best
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, progress: Any = None, stop_after_epochs: int | None = None) -> TrainState:
+    def check_monitor(self) -> None:
+        """Evaluate one validation batch and check that ``train.monitor`` is among its metrics, so a
+        wrong name stops the run before its folder is written rather than after the first epoch. The
+        random generators are left as they were (the run is bit-identical with or without the check)."""
+        state = _rng_state()
+        try:
+            val = self.evaluate(self.splits.val, max_batches=1)
+        finally:
+            _set_rng_state(state)
+        monitor = self.config.train.monitor
+        if monitor not in val:
+            from mtlbench.errors import ConfigError
+
+            raise ConfigError(
+                f"train.monitor {monitor!r} is not a validation metric of task {self.config.task!r} "
+                f"(available: {', '.join(scalars(val))})"
+            )
+
+    def fit(self, progress: Any = None, callbacks: tuple[Any, ...] = ()) -> TrainState:
         """Train from ``self.state.epoch`` to the configured number of epochs.
 
-        ``stop_after_epochs`` ends the session after that many epochs of this call, as an
-        interruption would (the last checkpoint is already on disk).
+        Each callback's ``on_epoch_end(trainer, record)`` runs after the epoch's checkpoint is written
+        (:class:`StopAfterEpochs` interrupts a run that way in tests).
         """
         tc = self.config.train
         n_train = len(self.splits.train)
         monitor = tc.monitor
-        epochs_this_call = 0
         self.model.train()
         while self.state.epoch < tc.epochs:
             epoch = self.state.epoch
@@ -278,7 +333,7 @@ class Trainer:
             self.method.on_epoch_end(
                 epoch + 1, {k[len("loss/") :]: sums[k] / counts[k] for k in sums if k.startswith("loss/")}
             )
-            val = self.evaluate(self.splits.val, tc.val_steps)
+            val = self.evaluate(self.splits.val, tc.val_steps, epoch=epoch)
             if monitor not in val:
                 raise KeyError(
                     f"train.monitor {monitor!r} is not a validation metric "
@@ -309,7 +364,6 @@ class Trainer:
             self.folder.save_checkpoint("last", ckpt)
             if progress is not None:
                 progress.end_epoch(record, monitor)
-            epochs_this_call += 1
-            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-                raise StopTraining(f"stopped after {epochs_this_call} epoch(s) as requested")
+            for callback in callbacks:
+                callback.on_epoch_end(self, record)
         return self.state

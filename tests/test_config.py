@@ -59,7 +59,7 @@ def test_data_keys_of_another_task_are_rejected() -> None:
 def test_paper_preset_is_thyroids() -> None:
     cfg = resolve_any_task(task="thyroid", preset="paper")
     t = cfg.train
-    assert (t.lr, t.batch_size, t.steps_per_epoch, t.val_steps, t.epochs) == (1e-4, 8, 250, 50, 500)
+    assert (t.lr, t.batch_size, t.steps_per_epoch, t.val_steps, t.epochs) == (1e-4, 8, 250, None, 500)
     assert t.amp == "auto"  # mixed precision on a GPU
     assert cfg.backbone == "nnunet_plain" and cfg.data.image_size == 512 and cfg.data.augment
     with pytest.raises(ConfigError, match="unknown preset 'paper' for task 'twoshapes'"):
@@ -131,7 +131,12 @@ def test_registry_sections_are_checked_and_filled() -> None:
     resolved = resolve_run(resolve_config(["method_args.lambda_adv=0.5"], method="rlar"))
     assert resolved.config.method_args == {"lambda_adv": 0.5, "representation": "bottleneck"}
     assert resolved.method_params.lambda_adv == 0.5
-    assert resolved.config.task_args == {"levels": 3, "lambda_mask": 1.0, "lambda_level": 1.0, "lambda_area": 1.0}
+    assert resolved.config.task_args == {
+        "levels": 3,
+        "lambda_mask": 1.0,
+        "lambda_level": 1.0,
+        "lambda_area": 1.0,
+    }
     assert "widths" in resolved.config.backbone_args
     with pytest.raises(ConfigError, match="did you mean method_args.lambda_adv"):
         resolve_run(resolve_config(["method_args.lambda_ad=0.5"], method="rlar"))

@@ -45,3 +45,13 @@ def test_masked_mse_ignores_missing_values() -> None:
     assert pred.grad[2].abs().sum() == 0 and pred.grad[0, 1] == 0
     empty = masked_mse(pred, torch.full((3, 2), float("nan")))
     assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_masked_mse_sum_is_the_squared_l2_norm_of_eq3() -> None:
+    pred = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([[0.0, 0.0, float("nan")], [1.0, 1.0, 1.0]])
+    # per sample: ‖·‖² over present features = 1 + 4 and 3; mean over samples
+    assert masked_mse(pred, target, "sum").item() == pytest.approx((5.0 + 3.0) / 2)
+    assert masked_mse(pred, target).item() == pytest.approx((5.0 / 2 + 3.0 / 3) / 2)
+    with pytest.raises(ValueError, match="reduction"):
+        masked_mse(pred, target, "max")

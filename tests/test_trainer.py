@@ -7,6 +7,7 @@ test the core and not a task family.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from mtlbench.config import ConfigError, resolve_config
 from mtlbench.resolve import resolve_run
 from mtlbench.results import read_index
 from mtlbench.runner import prepare_run, run_experiment
-from mtlbench.trainer import NonFiniteLossError, StopTraining, epoch_batches
+from mtlbench.trainer import NonFiniteLossError, StopAfterEpochs, StopTraining, epoch_batches
 from tests.tiny import core_run_overrides
 
 
@@ -60,14 +61,14 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, method:
     interrupted = resolve_config(core_run_overrides(tmp_path / "b"), method=method)
     run_experiment(straight)
     with pytest.raises(StopTraining):
-        run_experiment(interrupted, stop_after_epochs=2)
+        run_experiment(interrupted, callbacks=(StopAfterEpochs(2),))
     outcome = run_experiment(interrupted)
     assert outcome.resumed
     a = torch.load(
         tmp_path / "a" / "runs" / "twoshapes" / outcome.folder.root.name / "checkpoints" / "last.pt",
-        weights_only=False,
+        weights_only=True,
     )
-    b = torch.load(outcome.folder.checkpoint_path("last"), weights_only=False)
+    b = torch.load(outcome.folder.checkpoint_path("last"), weights_only=True)
     assert a["state"]["global_step"] == b["state"]["global_step"] == 6
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
@@ -113,8 +114,9 @@ def test_a_task_monitor_can_be_overridden_and_is_checked(tmp_path) -> None:
     assert resolve_run(cfg).config.train.monitor == "accuracy"
     assert resolve_run(cfg).config.train.monitor_mode == "max"
     bad = resolve_config(core_run_overrides(tmp_path, **{"train.monitor": "dice"}), method="vanilla")
-    with pytest.raises(KeyError, match="train.monitor 'dice' is not a validation metric"):
+    with pytest.raises(ConfigError, match="train.monitor 'dice' is not a validation metric"):
         run_experiment(bad)
+    assert not (tmp_path / "runs").exists()  # found before anything was written
 
 
 def test_input_size_is_checked_against_the_backbone_stride(tmp_path) -> None:
@@ -122,3 +124,38 @@ def test_input_size_is_checked_against_the_backbone_stride(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"18×18 inputs .* not a multiple of 4"):
         prepare_run(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_model_selection_sees_the_whole_split_or_a_fresh_draw_each_epoch() -> None:
+    from mtlbench.trainer import eval_batches
+
+    whole = eval_batches(100, 8, None, seed=0, epoch=3)
+    assert sorted(i for b in whole for i in b) == list(range(100))
+    first, second = (eval_batches(100, 8, 3, seed=0, epoch=e) for e in (0, 1))
+    assert len(first) == 3 and all(len(b) == 8 for b in first)
+    assert first != second  # a different draw every epoch ...
+    assert first != [list(range(i, i + 8)) for i in range(0, 24, 8)]  # ... never the file order's head
+    assert first == eval_batches(100, 8, 3, seed=0, epoch=0)  # ... and reproducible
+    assert eval_batches(20, 8, 5, seed=0, epoch=0) == eval_batches(20, 8, None)  # asks for more than there is
+
+
+def test_deterministic_sets_every_gpu_switch_and_restores_them(monkeypatch) -> None:
+    # On a GPU `train.deterministic` must mean bit-identical reruns: cuDNN deterministic kernels without
+    # autotuning, PyTorch's deterministic algorithms, a fixed cuBLAS workspace. (The switches are set the
+    # same way without a GPU; their cost is measured on one, see the README.)
+    from mtlbench.runner import apply_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cuda = torch.device("cuda")
+    try:
+        apply_determinism(True, cuda)
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        apply_determinism(False, cuda)
+        assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = False

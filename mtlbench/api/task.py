@@ -97,6 +97,12 @@ class TaskDefinition(ABC):
         return {}
 
     @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """Optuna suggestions for the task's own settings (``task_args``, e.g. loss weights) with
+        ``trial.suggest_*`` and bare names; ``mtlbench tune`` adds them to the method's and trainer's."""
+        return {}
+
+    @classmethod
     def shown_metrics(cls) -> tuple[str, ...]:
         """The validation metrics to show after each epoch."""
         return cls.progress_metrics or tuple(key for key, _ in cls.summary_metrics[:2])

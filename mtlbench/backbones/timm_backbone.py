@@ -49,8 +49,18 @@ def timm_features(
     downloaded: ``pretrained`` is a local checkpoint, either timm's own (the classifier's tensors
     are ignored) or one of this backbone.
     """
-    import timm
+    import warnings
 
+    with warnings.catch_warnings():  # timm's import warns about torch.jit deprecations, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        import timm
+
+    if not timm.is_model(model_name):
+        import difflib
+
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
+        raise ValueError(f"model_name {model_name!r} is not a timm model{hint}")
     kwargs = {} if out_indices is None else {"out_indices": tuple(int(i) for i in out_indices)}
     model = timm.create_model(
         model_name, features_only=True, in_chans=in_channels, pretrained=False, **kwargs

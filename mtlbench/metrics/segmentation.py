@@ -26,6 +26,10 @@ Empty masks
     HD95 = the image diagonal ``sqrt((H * sy)^2 + (W * sx)^2)``, an upper bound on any distance between
     two pixel centres of the image, so a missed or hallucinated nodule is never better than a bad contour.
     MONAI returns inf or NaN in these cases; averaging those is impossible, hence the policy.
+    Because a few empty predictions can dominate a mean HD95 (the diagonal of a 512 px letterbox is
+    724 px), :class:`SegmentationMeter` also reports ``empty_predictions`` (images with a non-empty
+    target and an empty prediction) and ``hd95_nonempty``, the mean HD95 over images whose prediction
+    is not empty (NaN if there is none).
 """
 
 from __future__ import annotations
@@ -185,6 +189,9 @@ class SegmentationMeter:
         """Forget every image seen so far."""
         self._sums = {"dice": 0.0, "iou": 0.0, "hd95": 0.0}
         self._n = 0
+        self._empty_predictions = 0
+        self._hd95_nonempty = 0.0
+        self._n_nonempty = 0
 
     def update(
         self, pred: np.ndarray, target: np.ndarray, spacings: Sequence[tuple[float, float]] | None = None
@@ -208,15 +215,24 @@ class SegmentationMeter:
                 f"`spacings` should have one entry per image. Found {len(per_image)} for {len(p)}."
             )
         for p_i, t_i, sp in zip(p, t, per_image, strict=True):
-            for key, value in segmentation_scores(p_i, t_i, sp).items():
+            scores = segmentation_scores(p_i, t_i, sp)
+            for key, value in scores.items():
                 self._sums[key] += value
             self._n += 1
+            if p_i.any():
+                self._hd95_nonempty += scores["hd95"]
+                self._n_nonempty += 1
+            elif t_i.any():
+                self._empty_predictions += 1
 
     def compute(self) -> dict[str, float]:
-        """Means over images of ``"dice"``, ``"iou"``, ``"hd95"`` (NaN if none), and ``"n_images"``."""
+        """Means over images of ``"dice"``, ``"iou"``, ``"hd95"`` (NaN if none), ``"n_images"``,
+        ``"empty_predictions"`` and ``"hd95_nonempty"`` (see the module docstring)."""
         n = self._n
         out: dict[str, float] = {k: (v / n if n else math.nan) for k, v in self._sums.items()}
         out["n_images"] = n
+        out["empty_predictions"] = self._empty_predictions
+        out["hd95_nonempty"] = self._hd95_nonempty / self._n_nonempty if self._n_nonempty else math.nan
         return out
 
     def __repr__(self) -> str:

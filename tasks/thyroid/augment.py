@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["AugmentConfig", "augment"]
+__all__ = ["TARGET_PRESERVING", "AugmentConfig", "augment", "training_augmentation"]
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -85,6 +85,27 @@ class AugmentConfig:
         _check_range("scale_range", self.scale_range, positive=True)
         _check_range("contrast_range", self.contrast_range, positive=True)
         _check_range("gamma_range", self.gamma_range, positive=True)
+
+
+#: The transforms that leave all 13 radiomics targets of a sample unchanged: the left-right flip only.
+#: Shape features are mirror-invariant; Sobel magnitudes and the edge rings too; first-order statistics
+#: do not see positions; pyradiomics' symmetric GLCM averaged over 0°, 45°, 90° and 135° maps 45° onto
+#: 135° under the flip, so the average is unchanged. Affine resampling moves every feature (aspect ratio,
+#: texture) and the photometric steps and noise move the intensity and texture features (on the phantom
+#: the full augmentation moves GLCM contrast and energy by about 0.5 SD), so they are left out whenever
+#: the targets are trained (tests/tasks/thyroid/test_augment_targets.py).
+TARGET_PRESERVING = AugmentConfig(
+    flip_p=0.5, affine_p=0.0, brightness_p=0.0, contrast_p=0.0, gamma_p=0.0, noise_p=0.0
+)
+
+
+def training_augmentation(enabled: bool, clinical_targets: bool) -> AugmentConfig | None:
+    """The augmentation of training samples under ``data.augment``: none when off; when the clinically
+    guided slice is trained, only :data:`TARGET_PRESERVING` (its radiomics targets stay those of the
+    image the network sees); otherwise the full default :class:`AugmentConfig`."""
+    if not enabled:
+        return None
+    return TARGET_PRESERVING if clinical_targets else AugmentConfig()
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

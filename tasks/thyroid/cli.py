@@ -35,6 +35,14 @@ def ablate_features(
         from mtlbench.reload import reload_run
 
         run = reload_run(run_dir, checkpoint)
+        if "clin" not in run.prepared.task.task_names:
+            params = run.prepared.task.params
+            guidance = str(params.clinical_guidance).lower()
+            raise ConfigError(
+                f"{run_dir} was trained without the clinically guided slice (task_args.tasks="
+                f"{list(params.tasks)}, task_args.clinical_guidance={guidance}): "
+                "its first 13 embedding dimensions carry no clinical feature, so there is nothing to ablate"
+            )
         datasets = run.splits.evaluation_splits()
         if split not in datasets:
             raise ConfigError(f"split {split!r} is not available for this run (has: {', '.join(datasets)})")

@@ -20,11 +20,15 @@ Layout of one cache (``<cache_dir>/preprocess-<size>px-<first 16 hex digits of t
                  original_sizes (H, W), scales, pads (top, left)
 
 The key is the SHA-256 of the reader's name, its root folder, every record's ``sample_id`` and ``size``
-(in order), ``size`` and :data:`PREPROCESS_VERSION`. A cache is built in a temporary sibling folder and
-renamed into place only when complete, so an interrupted build never leaves a half cache under the final
-name (a killed build can leave a ``.preprocess-*.tmp`` folder, which nothing reads and which may be
-deleted). A complete cache with the same key is reused without reading any sample; a cache folder that
-fails validation is reported with a ``RuntimeWarning`` naming the bad file, removed and rebuilt.
+(in order), the size and modification time of each record's image and mask file (so a file edited in
+place gives a new cache), ``size`` and :data:`PREPROCESS_VERSION`. Under the reader's ``skip_invalid``
+a sample that fails to decode is recorded in ``meta.json`` (``invalid``: row → file, message, reason)
+and left zero in the arrays; the task leaves those rows out of every split. A cache is built in a
+temporary sibling folder and renamed into place only when complete, so an interrupted build never leaves
+a half cache under the final name (a killed build can leave a ``.preprocess-*.tmp`` folder, which
+nothing reads and which may be deleted). A complete cache with the same key is reused without reading
+any sample; a cache folder that fails validation is reported with a ``RuntimeWarning`` naming the bad
+file, removed and rebuilt.
 
 The work runs in a ``spawn`` process pool (as :func:`~.radiomics.compute_features_batch`): each worker
 loads its samples through the reader and writes them straight into the memory-mapped arrays, so no pixel
@@ -69,7 +73,7 @@ __all__ = [
 ]
 
 #: Bump whenever the resize or padding rule changes what a cached pixel holds: it is part of the key.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"
 
 _FORMAT = "mtlbench.tasks.thyroid.preprocess/1"
 _META = "meta.json"
@@ -184,6 +188,8 @@ class PreprocessedCache:
     original_sizes: np.ndarray  # (N, 2) int64, (H, W)
     scales: np.ndarray  # (N,) float64
     pads: np.ndarray  # (N, 2) int64, (top, left)
+    #: rows whose sample failed to decode under ``skip_invalid``: row → (file, message, reason)
+    invalid: dict[int, tuple[str, str, str]] = field(default_factory=dict)
     _arrays: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
     _pid: int | None = field(default=None, repr=False, compare=False)
 
@@ -207,6 +213,7 @@ class PreprocessedCache:
                 original_sizes=np.asarray(meta["original_sizes"], dtype=np.int64).reshape(-1, 2),
                 scales=np.asarray(meta["scales"], dtype=np.float64).reshape(-1),
                 pads=np.asarray(meta["pads"], dtype=np.int64).reshape(-1, 2),
+                invalid={int(k): tuple(v) for k, v in meta.get("invalid", {}).items()},
             )
             lengths = {len(cache.sample_ids), len(cache.original_sizes), len(cache.scales), len(cache.pads)}
             if lengths != {count}:
@@ -284,11 +291,26 @@ def cache_key(reader: ThyroidReader, records: Sequence[ThyroidRecord], size: int
         "count": len(records),
     }
     hasher = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    stats: dict[str, list[int] | None] = {}
     for record in records:
         item = [record.sample_id, list(record.size) if record.size is not None else None]
+        # The files' size and modification time (one stat each; a container such as AIMI's HDF5 once):
+        # a mask edited in place gives another key, so the cache is never served stale.
+        for path in (record.image, record.mask):
+            if path is not None and path not in stats:
+                stats[path] = _file_stamp(path)
+            item.append(stats.get(path) if path is not None else None)
         hasher.update(json.dumps(item).encode())
         hasher.update(b"\n")
     return hasher.hexdigest()
+
+
+def _file_stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _folder_name(size: int, key: str) -> str:
@@ -307,18 +329,28 @@ class _Writer:
         self.images = np.load(folder / _IMAGES, mmap_mode="r+")
         self.masks = np.load(folder / _MASKS, mmap_mode="r+")
 
-    def write(self, start: int, stop: int) -> list[tuple[int, int, float, int, int]]:
-        """Rows ``start:stop``; returns (H, W, scale, pad_top, pad_left) per row."""
-        out = []
+    def write(self, start: int, stop: int) -> list[Any]:
+        """Rows ``start:stop``; returns (H, W, scale, pad_top, pad_left) per row, or
+        ``("invalid", file, message, reason)`` for a sample that failed to decode under ``skip_invalid``."""
+        out: list[Any] = []
         for row in range(start, stop):
             record = self.records[row]
-            image, mask = self.reader.load(record)
-            image, mask = np.asarray(image), np.asarray(mask)
-            if image.ndim != 2 or image.dtype != np.uint8 or mask.shape != image.shape:
-                raise DataError(
-                    f"{record.image}: sample {record.sample_id!r} loaded as image {image.dtype} "
-                    f"{image.shape} and mask {mask.shape}; expected uint8 (H, W) and a mask of the same size"
-                )
+            try:
+                image, mask = self.reader.load(record)
+                image, mask = np.asarray(image), np.asarray(mask)
+                if image.ndim != 2 or image.dtype != np.uint8 or mask.shape != image.shape:
+                    raise DataError(
+                        f"{record.image}: sample {record.sample_id!r} loaded as image {image.dtype} "
+                        f"{image.shape} and mask {mask.shape}; expected uint8 (H, W) and a mask of the "
+                        "same size"
+                    )
+            except DataError as exc:
+                if not getattr(self.reader, "skip_invalid", False):
+                    raise
+                file = getattr(exc, "file", record.image)
+                message = getattr(exc, "message", str(exc))
+                out.append(("invalid", str(file), message, getattr(exc, "reason", "unreadable_sample")))
+                continue
             self.images[row], self.masks[row], scale, (top, left) = letterbox(image, mask, self.size)
             out.append((image.shape[0], image.shape[1], scale, top, left))
         self.images.flush()
@@ -448,6 +480,8 @@ def build_cache(
             array = np.lib.format.open_memmap(temporary / name, mode="w+", dtype=np.uint8, shape=shape)
             del array  # zero-filled; the workers map the files themselves
         geometry = _fill(reader, records, temporary, size, int(workers), progress)
+        invalid = {str(row): list(g[1:]) for row, g in enumerate(geometry) if g[0] == "invalid"}
+        geometry = [(size, size, 1.0, 0, 0) if g[0] == "invalid" else g for g in geometry]
         meta = {
             "format": _FORMAT,
             "version": PREPROCESS_VERSION,
@@ -460,6 +494,7 @@ def build_cache(
             "original_sizes": [[g[0], g[1]] for g in geometry],
             "scales": [g[2] for g in geometry],
             "pads": [[g[3], g[4]] for g in geometry],
+            "invalid": invalid,
         }
         with open(temporary / _META, "w", encoding="utf-8") as handle:
             json.dump(meta, handle)

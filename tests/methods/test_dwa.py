@@ -14,7 +14,7 @@ from mtlbench.api.method import StepInputs
 from mtlbench.config import resolve_config
 from mtlbench.methods.dwa import DWA, DWAParams, dwa_weights
 from mtlbench.runner import run_experiment
-from mtlbench.trainer import StopTraining
+from mtlbench.trainer import StopAfterEpochs, StopTraining
 from tests.methods.test_uw import TinyMTL, leaf_inputs, libmtl_weighting
 from tests.tiny import tiny_run_overrides
 
@@ -125,7 +125,7 @@ def test_trainer_hooks_and_resume(tmp_path: Path) -> None:
     epoch means of epochs 1–2 (read back from the metrics log), restored from the checkpoint."""
     cfg = resolve_config(tiny_run_overrides(tmp_path), method="dwa")
     with pytest.raises(StopTraining):
-        run_experiment(cfg, stop_after_epochs=2)
+        run_experiment(cfg, callbacks=(StopAfterEpochs(2),))
     outcome = run_experiment(cfg)
     assert outcome.resumed
     records = [json.loads(line)["train"] for line in outcome.folder.metrics_path.read_text().splitlines()]

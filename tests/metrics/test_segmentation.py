@@ -319,3 +319,20 @@ def test_meter_per_image_spacing_scales_hd95() -> None:
     expected = (hd95(a[0], b[0]) + hd95(a[1], b[1], spacing=(2.5, 2.5))) / 2
     assert meter.compute()["hd95"] == pytest.approx(expected)
     assert hd95(a[1], b[1], spacing=(2.5, 2.5)) == pytest.approx(2.5 * hd95(a[0], b[0]))
+
+
+def test_meter_reports_empty_predictions_beside_hd95() -> None:
+    target = np.zeros((2, 16, 16), dtype=bool)
+    target[:, 4:10, 4:10] = True
+    pred = target.copy()
+    pred[1] = False  # an empty prediction: HD95 = the image diagonal
+    meter = SegmentationMeter()
+    meter.update(pred, target)
+    out = meter.compute()
+    assert out["empty_predictions"] == 1
+    assert out["hd95"] == pytest.approx(math.hypot(16, 16) / 2)
+    assert out["hd95_nonempty"] == 0.0  # the one non-empty prediction is exact
+    both_empty = SegmentationMeter()
+    both_empty.update(np.zeros((8, 8), bool), np.zeros((8, 8), bool))
+    assert both_empty.compute()["empty_predictions"] == 0
+    assert math.isnan(SegmentationMeter().compute()["hd95_nonempty"])

@@ -215,6 +215,9 @@ class SampleError(DataError):
         self.message = message
         self.reason = reason
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses process pools (the preprocessing workers)
+        return (type(self), (self.file, self.message, self.reason))
+
 
 def read_gray(path: str | Path, what: str = "image") -> np.ndarray:
     """Decode one image file to uint8 (H, W); colour is converted to luminance. Corrupt → DataError."""

@@ -5,7 +5,11 @@
     images/<id>.<png|jpg|...>   masks/<id>.<png|...>   (same file stem; foreground = pixel > 0,
                                                          > 127 for JPEG masks)
     labels.csv                  columns id, patient, tirads (1..5, TR1..TR5 or empty),
-                                optional split (free text, e.g. train/val/test), optional malignant (0/1)
+                                optional split (train, val, test or empty; also training, valid,
+                                validation), optional malignant (0/1)
+
+Rows marked ``val`` are the validation split of a run without ``data.folds``; with ``data.folds`` they
+join the cross-validation pool. Any other split value is a problem.
 
 Every image needs a row and every row an image; either mismatch is a problem (raise, or skip and count).
 """
@@ -40,6 +44,18 @@ def list_by_stem(folder: Path) -> tuple[dict[str, Path], list[Path]]:
         else:
             by_stem[path.stem] = path
     return by_stem, clashes
+
+
+#: The split column's accepted values (case-insensitive) and what they mean; empty = no split given.
+SPLIT_NAMES: dict[str, str | None] = {
+    "": None,
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 class FolderReader(ReaderBase):
@@ -119,7 +135,14 @@ class FolderReader(ReaderBase):
             if not patient:
                 self._problem(where, f"id {sample!r} has an empty patient", "missing_patient")
                 continue
-            split = str(row.get("split", "")).strip() or None
+            split = SPLIT_NAMES.get(str(row.get("split", "")).strip().lower(), "?")
+            if split == "?":
+                self._problem(
+                    where,
+                    f"id {sample!r} has split {row.get('split')!r} (expected train, val, test or empty)",
+                    "unknown_split",
+                )
+                continue
             record = ThyroidRecord(
                 sample_id=sample,
                 patient_id=patient,

@@ -138,6 +138,14 @@ class TwoShapesTask(TaskDefinition):
     segmentation_head = "mask"
     data_config: TwoShapesData
 
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        """The weights of the two auxiliary losses relative to the mask's (``mtlbench tune``)."""
+        return {
+            "lambda_level": trial.suggest_float("lambda_level", 0.1, 10.0, log=True),
+            "lambda_area": trial.suggest_float("lambda_area", 0.1, 10.0, log=True),
+        }
+
     @property
     def task_names(self) -> tuple[str, ...]:
         return ("mask", "level", "area")
