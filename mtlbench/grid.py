@@ -8,8 +8,8 @@ once it succeeds) and the grid goes on. Runs started elsewhere from :func:`emit_
 array, submitit) write into the same results folder; the index is updated under a file lock
 (:func:`mtlbench.results.update_index`).
 
-Single-task baselines (for Δm%) need a task-specific way to train one task alone;
-:data:`SINGLE_TASK_SETTINGS` holds it for the known tasks.
+Single-task baselines (for Δm%) need a task-specific way to train one task alone; each task
+declares it (``TaskDefinition.single_task_baselines``, read by :func:`single_task_settings`).
 """
 
 from __future__ import annotations
@@ -33,26 +33,19 @@ class SingleTaskSetting:
     metrics: tuple[str, ...]
 
 
-#: Single-task variants per task family (trained with ``vanilla``). ``twoshapes`` zeroes the other
-#: tasks' loss weights (its heads share one MLP, so it cannot drop a task); thyroid drops the other
-#: task and the clinical guidance, as the paper's single-task baselines (Table 1).
-SINGLE_TASK_SETTINGS: dict[str, tuple[SingleTaskSetting, ...]] = {
-    "thyroid": (
-        SingleTaskSetting("seg", ("task_args.tasks=[seg]",), ("dice", "iou", "hd95")),
-        SingleTaskSetting(
-            "cls",
-            ("task_args.tasks=[cls]", "task_args.clinical_guidance=false"),
-            ("precision", "recall", "f1", "accuracy"),
-        ),
-    ),
-    "twoshapes": (
-        SingleTaskSetting(
-            "mask", ("task_args.lambda_level=0.0", "task_args.lambda_area=0.0"), ("pixel_accuracy",)
-        ),
-        SingleTaskSetting("level", ("task_args.lambda_mask=0.0", "task_args.lambda_area=0.0"), ("accuracy",)),
-        SingleTaskSetting("area", ("task_args.lambda_mask=0.0", "task_args.lambda_level=0.0"), ("area_mae",)),
-    ),
-}
+def single_task_settings(task: str) -> tuple[SingleTaskSetting, ...]:
+    """How each task of family ``task`` is trained alone, as the task declares it
+    (``TaskDefinition.single_task_baselines``); empty for an unregistered or silent task."""
+    from mtlbench.registry import TASKS, UnknownNameError
+
+    try:
+        declared = TASKS.get(task).obj.single_task_baselines
+    except UnknownNameError:
+        return ()
+    return tuple(
+        SingleTaskSetting(name, tuple(overrides), tuple(metrics))
+        for name, (overrides, metrics) in declared.items()
+    )
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -76,7 +69,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def single_task_variant(task: str, config: dict[str, Any]) -> SingleTaskSetting | None:
     """The single-task setting a resolved run configuration matches, if any."""
-    for setting in SINGLE_TASK_SETTINGS.get(task, ()):
+    for setting in single_task_settings(task):
         wanted = _flatten(parse_overrides(list(setting.overrides)))
         if all(_same(_lookup(config, key), _value(value)) for key, value in wanted.items()):
             return setting
@@ -173,14 +166,14 @@ def expand_grid(spec: GridSpec) -> list[GridCell]:
 
     if spec.folds is not None and spec.folds < 2:
         raise ConfigError(f"--folds needs at least 2 folds, got {spec.folds}")
-    if spec.with_single_task and spec.task not in SINGLE_TASK_SETTINGS:
+    baselines = single_task_settings(spec.task) if spec.with_single_task else ()
+    if spec.with_single_task and not baselines:
         raise ConfigError(
-            f"no single-task settings are known for task {spec.task!r} (known: "
-            f"{', '.join(SINGLE_TASK_SETTINGS)}); run its single-task baselines as ordinary runs"
+            f"task {spec.task!r} declares no single-task settings (single_task_baselines); "
+            "run its single-task baselines as ordinary runs"
         )
     plans: list[tuple[str, str | None, tuple[str, ...]]] = [(m, None, ()) for m in spec.methods]
-    if spec.with_single_task:
-        plans += [("vanilla", s.name, s.overrides) for s in SINGLE_TASK_SETTINGS[spec.task]]
+    plans += [("vanilla", s.name, s.overrides) for s in baselines]
     plans += [("vanilla", label, tuple(overrides)) for label, overrides in spec.vanilla_variants]
     fold_list: list[int | None] = list(range(spec.folds)) if spec.folds else [None]
     cells = []

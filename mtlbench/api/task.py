@@ -70,6 +70,9 @@ class TaskDefinition(ABC):
     default_monitor_mode: ClassVar[Literal["max", "min"]] = "max"
     #: The head whose decoder mirrors an nnU-Net decoder (``nnunet_checkpoint=`` loads it), if any.
     segmentation_head: ClassVar[str | None] = None
+    #: How each task is trained alone for the single-task baselines of Δm% (``mtlbench grid
+    #: --with-single-task``): name → (overrides, the metrics that baseline provides).
+    single_task_baselines: ClassVar[Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
     #: Whether ``data.folds``/``data.fold`` (and so ``mtlbench cv``) are honoured; a task with fixed
     #: splits refuses them rather than train the same split k times.
     supports_folds: ClassVar[bool] = False

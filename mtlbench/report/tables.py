@@ -10,7 +10,7 @@ backbone; its runs over seeds and folds are its repetitions. A *column* is a (sp
   ranks over the columns it has;
 - Δm% (Maninis et al. 2019, in the sign convention of Nash-MTL/FAMO, lower is better): per split,
   Δm = (1/K) Σ_k (−1)^{l_k} (M_m,k − M_b,k) / M_b,k × 100, l_k = 1 if higher is better, against
-  the single-task rows of the same backbone (see :data:`mtlbench.grid.SINGLE_TASK_SETTINGS`);
+  the single-task rows of the same backbone (each task declares how: ``single_task_baselines``);
   K = the table's metrics that a single-task row provides;
 - cost: mean step time and peak memory, and their ratio to the ``vanilla`` row of the same backbone
   from the same results folder (compare only runs of one machine);
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mtlbench.grid import SINGLE_TASK_SETTINGS
+from mtlbench.grid import single_task_settings
 from mtlbench.report.collect import REPETITION_KEYS, RunRecord
 from mtlbench.report.front import FRONT_METRICS, Front, build_front, is_sweep_config
 from mtlbench.report.stats import CriticalDifference, PairedResult, critical_difference, paired_test
@@ -375,7 +375,7 @@ def _single_task_baselines(rows: list[Row], mean: pd.DataFrame, split: str) -> d
         if row.variant is None or row.reference:
             continue
         task = row.runs[0].task
-        metrics = next(s.metrics for s in SINGLE_TASK_SETTINGS[task] if s.name == row.variant)
+        metrics = next(s.metrics for s in single_task_settings(task) if s.name == row.variant)
         for metric in metrics:
             if (split, metric) in mean.columns and not math.isnan(mean.loc[row.key, (split, metric)]):
                 baselines.setdefault(row.backbone, {}).setdefault(metric, mean.loc[row.key, (split, metric)])

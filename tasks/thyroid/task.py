@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -88,6 +88,14 @@ class ThyroidTask(TaskDefinition):
     #: (Dice + F1) / 2 on the validation split: both tasks count for the best checkpoint.
     default_monitor = "score"
     segmentation_head = "seg"
+    #: The paper's single-task baselines (Table 1): one head, and no clinical guidance for cls.
+    single_task_baselines: ClassVar = {
+        "seg": (("task_args.tasks=[seg]",), ("dice", "iou", "hd95")),
+        "cls": (
+            ("task_args.tasks=[cls]", "task_args.clinical_guidance=false"),
+            ("precision", "recall", "f1", "accuracy"),
+        ),
+    }
     supports_folds = True
     data_config: ThyroidData
 

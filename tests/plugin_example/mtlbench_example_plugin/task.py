@@ -136,6 +136,12 @@ class TwoShapesTask(TaskDefinition):
     summary_metrics = (("pixel_accuracy", "Pixel acc."), ("accuracy", "Accuracy"))
     default_monitor = "score"
     segmentation_head = "mask"
+    #: Its heads share one MLP, so a task is trained alone by zeroing the others' loss weights.
+    single_task_baselines: ClassVar = {
+        "mask": (("task_args.lambda_level=0.0", "task_args.lambda_area=0.0"), ("pixel_accuracy",)),
+        "level": (("task_args.lambda_mask=0.0", "task_args.lambda_area=0.0"), ("accuracy",)),
+        "area": (("task_args.lambda_mask=0.0", "task_args.lambda_level=0.0"), ("area_mae",)),
+    }
     data_config: TwoShapesData
 
     @classmethod
