@@ -338,11 +338,34 @@ def run_study(prep: PreparedStudy, log: Callable[[str], None] = print) -> TuneOu
         )
         return TuneOutcome(study, prep.name, prep.storage, 0)
     stop = MaxTrialsCallback(target, states=counted)
-    study.optimize(
-        make_objective(prep, prep.name, log),
-        n_trials=target,
-        callbacks=[stop],
-        catch=(NonFiniteLossError,),
-        gc_after_trial=True,
-    )
+    while True:
+        study.optimize(
+            make_objective(prep, prep.name, log),
+            n_trials=target,
+            callbacks=[stop],
+            catch=(NonFiniteLossError,),
+            gc_after_trial=True,
+        )
+        if not wait_for_running_trials(study, prep.request.heartbeat_s):
+            break
     return TuneOutcome(study, prep.name, prep.storage, finished_trials(study) - before)
+
+
+def wait_for_running_trials(study: Any, heartbeat_s: int) -> bool:
+    """After this worker's share is done, wait while other trials still run: a dead worker's
+    trial counts as running until its heartbeat goes stale, and then it is failed and queued
+    again (True: run the queued retry here). Without heartbeats (journal storage) nothing can be
+    told about a running trial, so the worker stops (False)."""
+    import optuna
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+    from optuna.trial import TrialState
+
+    if not is_heartbeat_enabled(study._storage):
+        return False
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return False
+        time.sleep(max(1, heartbeat_s))
