@@ -59,7 +59,7 @@ def run_cv(config: RunConfig, folds: int, progress: Any = None) -> CVOutcome:
     cfg = prepared[0].config
     resolved = cfg.to_dict()
     shared = {**resolved, "data": {**resolved["data"], "fold": None}}  # every fold's config, fold left out
-    ident = config_hash(shared)
+    ident = config_hash(shared, cfg.non_identity_keys())
     path = Path(cfg.output_dir) / cfg.task / f"cv-{cfg.method}-{cfg.backbone}-{ident}.json"
     summary = {
         "kind": "cv",

@@ -217,6 +217,7 @@ def run_experiment(
             "device": device_info(device),
             "git_commit": git_commit(),
             "config": cfg.to_dict(),
+            "non_identity_keys": list(cfg.non_identity_keys()),
         }
         folder.write_result(result)
         update_index(cfg.output_dir, run_index_entry(result, folder.root))

@@ -19,14 +19,10 @@ from mtlbench.grid import single_task_variant
 
 #: Keys that do not make two runs different settings: the repetition (seed, fold) and what does
 #: not change what a run computes.
-REPETITION_KEYS = (
-    "seed",
-    "data.fold",
-    "output_dir",
-    "train.progress",
-    "data.cache_dir",
-    "data.num_workers",
-)
+#: What repeats one setting: the seed and the fold; plus the keys that never change a run's result
+#: (the run records them, ``non_identity_keys``; older runs fall back to the core's).
+REPETITION_KEYS = ("seed", "data.fold")
+FALLBACK_NON_IDENTITY = ("output_dir", "train.progress", "data.cache_dir", "data.num_workers")
 REQUIRED_KEYS = ("run_id", "task", "method", "backbone", "metrics", "config")
 #: A file ``mtlbench report`` leaves in its output folder, so that a report inside the results folder
 #: is not read as a task or run folder.
@@ -60,6 +56,8 @@ class RunRecord:
     mean_step_time_s: float = math.nan
     peak_memory_mb: float = math.nan
     variant: str | None = None  # single-task setting name
+    #: configuration keys that do not make a different setting (seed, fold, non-identity keys)
+    ignored_keys: tuple[str, ...] = REPETITION_KEYS
 
     @property
     def repetition(self) -> tuple[int, int | None]:
@@ -98,6 +96,7 @@ def parse_result(path: Path, result: Any) -> RunRecord:
         raise ValueError("`config` is not a mapping")
     data = config.get("data") or {}
     fold = data.get("fold") if data.get("folds") else None
+    ignored = (*REPETITION_KEYS, *result.get("non_identity_keys", FALLBACK_NON_IDENTITY))
     metrics = {split: _scalars(m) for split, m in result["metrics"].items()}
     confusion = {
         split: m["confusion"]
@@ -112,7 +111,8 @@ def parse_result(path: Path, result: Any) -> RunRecord:
         backbone=str(result["backbone"]),
         seed=int(config.get("seed", result.get("seed", 0))),
         fold=None if fold is None else int(fold),
-        setting=config_hash(config, REPETITION_KEYS),
+        setting=config_hash(config, ignored),
+        ignored_keys=ignored,
         config=config,
         metrics=metrics,
         confusion=confusion,

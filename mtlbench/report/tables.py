@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mtlbench.grid import single_task_settings
-from mtlbench.report.collect import REPETITION_KEYS, RunRecord
+from mtlbench.report.collect import RunRecord
 from mtlbench.report.front import FRONT_METRICS, Front, build_front, is_sweep_config
 from mtlbench.report.stats import CriticalDifference, PairedResult, critical_difference, paired_test
 
@@ -144,7 +144,7 @@ def _settings_rows(runs: list[RunRecord]) -> list[Row]:
         groups.setdefault((first.backbone, base), []).append(setting)
     rows = []
     for (backbone, base), settings in sorted(groups.items()):
-        flats = {s: _config_flat(by_setting[s][0].config) for s in settings}
+        flats = {s: _config_flat(by_setting[s][0]) for s in settings}
         differing = sorted(
             k for k in set().union(*flats.values()) if len({f.get(k) for f in flats.values()}) > 1
         )
@@ -160,14 +160,13 @@ def _settings_rows(runs: list[RunRecord]) -> list[Row]:
     return rows
 
 
-def _config_flat(config: dict[str, Any]) -> dict[str, Any]:
-    flat = _flat(config)
-    return {k: v for k, v in flat.items() if k not in REPETITION_KEYS}
+def _config_flat(run: RunRecord) -> dict[str, Any]:
+    return {k: v for k, v in _flat(run.config).items() if k not in run.ignored_keys}
 
 
 def _comparability_note(rows: list[Row]) -> str | None:
     """Keys other than method, backbone and single-task settings that differ between rows."""
-    flats = [_config_flat(r.runs[0].config) for r in rows if not r.reference]
+    flats = [_config_flat(r.runs[0]) for r in rows if not r.reference]
     if len(flats) < 2:
         return None
     skip = ("method", "method_args.", "backbone", "backbone_args.", "task_args.")

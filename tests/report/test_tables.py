@@ -266,3 +266,27 @@ def test_scalarisation_front_and_methods_beyond_it(tmp_path: Path) -> None:
     assert sorted(board.front.not_beyond) == ["pcgrad", "rlar"]
     assert sum(p.on_front for p in board.front.points) == len(front) == 3
     assert "beyond the front (Pareto-dominate a front point): mgda" in board.front.note()
+
+
+def test_keys_a_run_marks_as_non_identity_do_not_split_a_setting(tmp_path) -> None:
+    """Runs differing only in a key the run records as not changing its result (here a task's
+    ``data.radiomics_workers``) are repetitions of one setting, not two rows."""
+    import json
+
+    from mtlbench.report.collect import collect_runs
+    from tests.report.fixtures import write_run
+
+    metrics = {"val": {"score": 0.5}}
+    folders = [write_run(tmp_path, "twoshapes", "vanilla", f"r{seed}", metrics, seed=seed) for seed in (0, 1)]
+    for workers, folder in zip((1, 4), folders):
+        result = json.loads((folder / "result.json").read_text())
+        result["config"]["data"]["radiomics_workers"] = workers
+        result["non_identity_keys"] = [
+            "output_dir",
+            "train.progress",
+            "data.cache_dir",
+            "data.radiomics_workers",
+        ]
+        (folder / "result.json").write_text(json.dumps(result))
+    settings = {run.setting for run in collect_runs(tmp_path).runs}
+    assert len(settings) == 1
