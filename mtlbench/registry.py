@@ -151,9 +151,6 @@ class Registry(Generic[T]):
                     rows.append((n, "(plugin failed to load)"))
         return rows
 
-    def builtin_modules(self) -> dict[str, str]:
-        return {name: module for name, (module, _) in self._builtin.items()}
-
     def __contains__(self, name: str) -> bool:
         try:
             self.get(name)
