@@ -62,6 +62,17 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    #: ``adamw`` (decoupled weight decay), ``adam`` (weight decay as L2 on the gradient, as LibMTL and
+    #: the MTAN-line papers), ``sgd`` (with ``momentum``); see :mod:`mtlbench.optim`.
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    momentum: float = 0.9
+    #: The learning rate per epoch: ``constant``; ``step`` (× ``lr_gamma`` every ``lr_step_epochs``
+    #: epochs: the papers' 100 and 0.5); ``cosine`` (to near 0 at the last epoch). Any of them after
+    #: ``warmup_epochs`` of linear warm-up.
+    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
+    lr_step_epochs: int = 100
+    lr_gamma: float = 0.5
+    warmup_epochs: int = 0
     amp: Literal["none", "bf16", "fp16", "auto"] = "none"
     device: str = "auto"
     #: Validation metric that picks the best checkpoint; ``None``: the task's default monitor.
@@ -99,6 +110,17 @@ class TrainConfig:
         for i, beta in enumerate(self.betas):
             if not 0 <= beta < 1:
                 raise ValueError(f"train.betas[{i}] must be in [0, 1), got {beta}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if self.lr_step_epochs < 1:
+            raise ValueError(f"train.lr_step_epochs must be at least 1, got {self.lr_step_epochs}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ValueError(f"train.lr_gamma must be in (0, 1], got {self.lr_gamma}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"train.warmup_epochs must be >= 0 and less than train.epochs ({self.epochs}), "
+                f"got {self.warmup_epochs}"
+            )
         if self.grad_clip is not None and not (0 < self.grad_clip < float("inf")):
             raise ValueError(
                 f"train.grad_clip must be a positive number (or null for none), got {self.grad_clip}"

@@ -2,6 +2,8 @@
 
 ``unet``: the core's U-Net decoder over every level (InstanceNorm, no batch mixing), for any backbone.
 ``segnet``: MTAN's prediction layer (3×3 conv, 1×1 conv) on the finest level, for the ``segnet`` backbone.
+``mtan``: MTAN's task attention over the ``segnet`` backbone's blocks, then that prediction layer
+(:mod:`.mtan`).
 ``aspp``: LibMTL's DeepLab head (``examples/nyu/aspp.py``), one per task on the deepest level: ASPP
 with a 1×1 branch, three 3×3 branches dilated 12, 24, 36 and an image-pooling branch, each of
 ``width`` channels, projected by 1×1 (+ dropout 0.5), then 3×3 conv, norm, ReLU and a 1×1 classifier.
@@ -101,8 +103,11 @@ class SegNetHead(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, features: list[Tensor]) -> Tensor:
-        logits = self.layers(features[0])
-        size = input_size(features, self.contract)
+        return self.predict(features[0], input_size(features, self.contract))
+
+    def predict(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """The prediction layer on ``x`` (the finest level's channels), at ``size``."""
+        logits = self.layers(x)
         if tuple(logits.shape[-2:]) != size:
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
         return logits

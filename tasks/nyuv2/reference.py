@@ -1,10 +1,16 @@
-"""Published NYUv2 numbers shipped with mtlbench (``reference_results.csv``), each row with its source.
+"""Published NYUv2 and Cityscapes numbers shipped with mtlbench (``reference_results.csv``), each row
+with its source.
 
 Units as published: mIoU, pixel accuracy and the ``within_*`` shares in percent (mtlbench's results
-give them as fractions), depth errors as they are, angles in degrees. ``kind`` says whether a row is a
-run by the source itself (``LibMTL run``) or a number the source quotes from another paper (``quoted
-by LibMTL``, original not checked). ``method`` is the mtlbench method of the same name, or empty
-where the correspondence is not exact.
+give them as fractions), depth errors as they are (as the papers' code computes them: Cityscapes'
+relative error of about 30 is a ratio on its inverse-depth labels, not a percentage), angles in
+degrees; Cityscapes rows have no normal columns. ``kind`` says whether a row is a run by the source
+itself (``LibMTL run``), a number the source quotes from another paper (``quoted by LibMTL``), or a
+row of a paper's own table (``paper table``: a paper's table can repeat rows of earlier papers; the
+``source`` says which of the rows shipped here it repeats, and such repeats are shipped once).
+``method`` is the mtlbench method of the same name, or empty where the correspondence is not exact
+and for the single-task (STL) rows. Blank ``epochs``/``batch_size``/``augmentation``/``lr_schedule``:
+the paper's text read here does not state it.
 """
 
 from __future__ import annotations

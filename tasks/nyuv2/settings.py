@@ -19,8 +19,9 @@ class DenseParams:
     lambda_depth: float = 1.0
     lambda_normal: float = 1.0
     #: ``unet``: the core's U-Net decoder over every level; ``aspp``: LibMTL's DeepLab head on the
-    #: deepest level; ``segnet``: MTAN's prediction layer on the finest level (for backbone ``segnet``).
-    head: Literal["unet", "aspp", "segnet"] = "unet"
+    #: deepest level; ``segnet``: MTAN's prediction layer on the finest level (for backbone ``segnet``);
+    #: ``mtan``: MTAN's task attention over every block of backbone ``segnet``, then that layer.
+    head: Literal["unet", "aspp", "segnet", "mtan"] = "unet"
     #: Channels of the ASPP head; the widest stage of the U-Net decoder.
     head_width: int = 256
     #: Normalisation in the ASPP head (LibMTL: batch).
@@ -75,31 +76,64 @@ class DenseData(DataConfig):
     split_seed: int = 0
 
 
+#: The MTAN line of papers (MTAN, CAGrad, Nash-MTL, FAMO): Adam 1e-4 halved after 100 of 200 epochs.
+PAPER_SCHEDULE: dict[str, Any] = {
+    "epochs": 200,
+    "lr": 1e-4,
+    "optimizer": "adam",
+    "lr_schedule": "step",
+    "lr_step_epochs": 100,
+    "lr_gamma": 0.5,
+}
+
+
 def presets(name: str) -> dict[str, dict[str, Any]]:
-    """``smoke``: the contract tests' run on the tiny fixture. ``libmtl``: LibMTL's DeepLabV3+ setting
-    (``examples/nyu``, ``examples/cityscapes``: dilated ResNet-50 with one ASPP head per task, Adam
-    1e-4, weight decay 1e-5, 200 epochs, batch 8 on NYUv2 and 64 on Cityscapes, full batches only,
-    no augmentation in the documented command). ``segnet`` (NYUv2): the SegNet setting of MTAN's
-    ``model_segnet_split.py`` with Nash-MTL's ``experiments/nyuv2`` defaults (Adam 1e-4, no weight
-    decay, batch 2, 200 epochs, augmentation on). Neither has the papers' step decay of the learning
-    rate (×0.5 after 100 epochs): the common trainer has no schedule."""
+    """``smoke``: the contract tests' run on the tiny fixture.
+
+    ``segnet_mtan``: the SegNet+MTAN setting of the 200-epoch papers' tables (MTAN, CAGrad, Nash-MTL,
+    FAMO, and LibMTL's SegNet runs): backbone ``segnet`` with MTAN's attention heads, Adam 1e-4
+    without weight decay, halved after 100 of 200 epochs, augmentation on, batch 2 (NYUv2) or 8
+    (Cityscapes) as in Nash-MTL's and FAMO's ``experiments/*/trainer.py``; an epoch is as many
+    batches as the training set holds (drawn with replacement by the common trainer, where the
+    papers shuffle without).
+
+    ``libmtl``: LibMTL's DeepLabV3+ setting (``examples/nyu``, ``examples/cityscapes``: dilated
+    ResNet-50 with one ASPP head per task, Adam 1e-4 with L2 weight decay 1e-5, halved after 100 of
+    200 epochs, batch 8 on NYUv2 and 64 on Cityscapes, full batches only, no augmentation in the
+    documented command).
+
+    ``segnet`` (NYUv2): MTAN's attention-free SegNet split (``model_segnet_split.py``) under the
+    ``segnet_mtan`` schedule and batch."""
+    batch = 2 if name == "nyuv2" else 8
     libmtl_batch = 8 if name == "nyuv2" else 64
     train_count = 795 if name == "nyuv2" else 2975
+    paper = {
+        **PAPER_SCHEDULE,
+        "steps_per_epoch": -(-train_count // batch),
+        "batch_size": batch,
+        "eval_batch_size": 8,
+        "weight_decay": 0.0,
+    }
     out: dict[str, dict[str, Any]] = {
         "smoke": {
             "data": {"val_from_train": 0.25},
             "task_args": {"head_width": 16},
             "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "eval_batch_size": 4},
         },
+        "segnet_mtan": {
+            "backbone": "segnet",
+            "data": {"augment": True},
+            "task_args": {"head": "mtan"},
+            "train": dict(paper),
+        },
         "libmtl": {
             "backbone": "resnet50_dilated",
             "task_args": {"head": "aspp"},
             "train": {
-                "epochs": 200,
+                **PAPER_SCHEDULE,
                 "steps_per_epoch": train_count // libmtl_batch,
                 "batch_size": libmtl_batch,
                 "eval_batch_size": libmtl_batch,
-                "lr": 1e-4,
                 "weight_decay": 1e-5,
             },
         },
@@ -109,13 +143,6 @@ def presets(name: str) -> dict[str, dict[str, Any]]:
             "backbone": "segnet",
             "data": {"augment": True},
             "task_args": {"head": "segnet"},
-            "train": {
-                "epochs": 200,
-                "steps_per_epoch": -(-train_count // 2),
-                "batch_size": 2,
-                "eval_batch_size": 8,
-                "lr": 1e-4,
-                "weight_decay": 0.0,
-            },
+            "train": dict(paper),
         }
     return out

@@ -19,6 +19,7 @@ from .dataset import DenseSceneDataset
 from .heads import ASPPHead, SegNetHead, UNetHead
 from .layout import BENCHMARKS, FOLDERS, SPLITS, count_samples, write_fixture
 from .metrics import METRICS, DenseEvaluator, depth_loss, normal_loss, segmentation_loss
+from .mtan import mtan_heads
 from .settings import CityscapesParams, DenseData, DenseParams, NYUv2Params, presets
 
 #: ``split_id`` of the samples: the held-out part of ``train``, and the official ``val`` folder.
@@ -195,6 +196,8 @@ class DenseSceneTask(TaskDefinition):
     def build_heads(self, contract: FeatureContract) -> nn.ModuleDict:
         p = self.params
         channels = {"seg": self.spec.num_classes, "depth": 1, "normal": 3}
+        if p.head == "mtan":
+            return mtan_heads(contract, {task: channels[task] for task in self.task_names})
         heads = nn.ModuleDict()
         for task in self.task_names:
             if p.head == "aspp":

@@ -76,6 +76,8 @@ def test_the_papers_architectures_train_on_the_fixture(
         ("nyuv2", "libmtl", ["backbone_args.model_name=resnet10t"]),
         ("cityscapes", "libmtl", ["backbone_args.model_name=resnet10t"]),
         ("nyuv2", "segnet", ["backbone_args.widths=[4, 8, 8, 16, 16]"]),
+        ("nyuv2", "segnet_mtan", ["backbone_args.widths=[4, 8, 8, 16, 16]"]),
+        ("cityscapes", "segnet_mtan", ["backbone_args.widths=[4, 8, 8, 16, 16]"]),
     ],
 )
 def test_the_papers_presets_run_as_documented(
@@ -85,9 +87,22 @@ def test_the_papers_presets_run_as_documented(
     root = write_fixture(tmp_path / "data", task, {"train": 4, "val": 2})
     overrides = [f"data.root={root}", "data.val_from_train=0", f"output_dir={tmp_path / 'runs'}"]
     cfg = resolve_config(overrides, task=task, method="nash_mtl", preset=preset)
-    expected = {"libmtl": ("resnet50_dilated", "aspp", 1e-5), "segnet": ("segnet", "segnet", 0.0)}[preset]
+    expected = {
+        "libmtl": ("resnet50_dilated", "aspp", 1e-5),
+        "segnet": ("segnet", "segnet", 0.0),
+        "segnet_mtan": ("segnet", "mtan", 0.0),
+    }[preset]
     assert (cfg.backbone, cfg.task_args["head"], cfg.train.weight_decay) == expected
-    assert cfg.train.epochs == 200 and cfg.train.lr == 1e-4 and cfg.data.augment == (preset == "segnet")
+    assert cfg.train.epochs == 200 and cfg.train.lr == 1e-4 and cfg.data.augment == (preset != "libmtl")
+    assert (cfg.train.optimizer, cfg.train.lr_schedule, cfg.train.lr_step_epochs, cfg.train.lr_gamma) == (
+        "adam",
+        "step",
+        100,
+        0.5,
+    )
+    if preset != "libmtl":  # Nash-MTL's and FAMO's batch sizes; an epoch covers the training set
+        assert cfg.train.batch_size == {"nyuv2": 2, "cityscapes": 8}[task]
+        assert cfg.train.steps_per_epoch == {"nyuv2": 398, "cityscapes": 372}[task]
     short = ["train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=2", "task_args.head_width=16"]
     cfg = resolve_config(
         [*overrides, *short, *small, "train.progress=false"], task=task, method="nash_mtl", preset=preset
