@@ -6,17 +6,19 @@ file is written; training resumes from the last checkpoint when the run folder h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mtlbench import atomic
+from mtlbench import atomic, distributed
 from mtlbench.api.method import MultiTaskMethod
 from mtlbench.api.task import TaskDefinition
 from mtlbench.config import ConfigError, RunConfig
@@ -52,6 +54,39 @@ class RunOutcome:
     already_finished: bool
 
 
+class FollowerRunFolder(RunFolder):
+    """The run folder as seen by ranks other than 0 under ``torchrun``: it reads (checkpoints to
+    resume from, the finished result) and never writes; rank 0 writes everything."""
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        yield
+
+    def create(self, config: RunConfig) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        pass
+
+    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        pass
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        pass
+
+
+def run_folder(config: RunConfig) -> RunFolder:
+    """This process's view of the run folder: the writer on rank 0 (or without torchrun)."""
+    folder = RunFolder.for_config(config)
+    return folder if distributed.is_main_process() else FollowerRunFolder(folder.root, folder.run_id)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MTLBENCH_CACHE", Path.home() / ".cache" / "mtlbench"))
 
@@ -76,7 +111,8 @@ def prepare_run(config: RunConfig) -> PreparedRun:
         method = resolved.method_entry.obj(task.task_names, resolved.method_params)
     except ValueError as exc:
         raise ConfigError(f"method_args: {exc}") from None
-    device = pick_device(cfg.train.device)
+    distributed.check_divisible("train.batch_size", cfg.train.batch_size)
+    device = distributed.setup(pick_device(cfg.train.device))  # torchrun: cuda:LOCAL_RANK or the CPU
     seed_everything(cfg.seed)
     try:
         backbone = create_backbone(cfg.backbone, in_channels=task.input_channels(), **cfg.backbone_args)
@@ -142,12 +178,14 @@ def run_experiment(
     """
     prep = prepared or prepare_run(config)
     cfg = prep.config
-    folder = RunFolder.for_config(cfg)
+    folder = run_folder(cfg)
     if folder.is_finished() and not restart:
         return _finished(folder, cfg)
 
     started = time.perf_counter()
-    splits = prep.task.prepare(progress=cfg.train.progress)
+    main = distributed.is_main_process()
+    with distributed.main_process_first():  # rank 0 fills a data cache, the others read it
+        splits = prep.task.prepare(progress=cfg.train.progress and main)
     device = prep.device
     apply_determinism(cfg.train.deterministic, device)
     model = prep.model.to(device)
@@ -157,28 +195,36 @@ def run_experiment(
     trainer.check_monitor()
     check_loggers(cfg)  # a tracker whose package is missing: one clear line, nothing written
     try:
-        folder.root.mkdir(parents=True, exist_ok=True)
+        if main:
+            folder.root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise atomic.cannot_write(folder.root, exc) from None
     with folder.lock():
-        if folder.is_finished() and not restart:  # another process finished it while we prepared
+        # another process finished it while we prepared (rank 0 decides for every rank)
+        if distributed.broadcast_object(folder.is_finished() and not restart):
             return _finished(folder, cfg)
         folder.create(cfg)
         if restart:
             folder.reset()
-        if prep.pretrained is not None:
+        if prep.pretrained is not None and main:
             atomic.write_text(
                 folder.root / "pretrained_report.txt", prep.pretrained.format_report(verbose=True)
             )
+        distributed.barrier()  # rank 0 has reset the folder before any rank looks for a checkpoint
         resumed = folder.has_checkpoint()
         if resumed:
             trainer.restore(folder.load_checkpoint("last"))
+        distributed.broadcast_module_(model)  # every replica starts from rank 0's weights
+        if distributed.is_distributed():
+            callbacks = (distributed.ReplicaCheck(model, method), *callbacks)  # before any that stop
         folder.truncate_metrics(trainer.state.epoch)  # 0 epochs kept when starting from scratch
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        with tracked(cfg, folder) as loggers:  # TensorBoard / MLflow, fed the metrics.jsonl records
+        tracking = tracked(cfg, folder) if main else contextlib.nullcontext(())
+        with tracking as loggers:  # TensorBoard / MLflow, fed the metrics.jsonl records (rank 0)
             trainer.fit(progress=progress, callbacks=(*callbacks, *loggers))
+        distributed.barrier()  # rank 0's last checkpoints are on disk before any rank reads them
 
         # The best checkpoint by the monitored metric; the last one if the metric was never finite.
         final = "best" if folder.checkpoint_path("best").is_file() else "last"
@@ -220,13 +266,14 @@ def run_experiment(
             "non_identity_keys": list(cfg.non_identity_keys()),
         }
         folder.write_result(result)
-        update_index(cfg.output_dir, run_index_entry(result, folder.root))
+        if main:
+            update_index(cfg.output_dir, run_index_entry(result, folder.root))
     return RunOutcome(folder, result, resumed=resumed, already_finished=False)
 
 
 def _finished(folder: RunFolder, cfg: RunConfig) -> RunOutcome:
     """A finished run's outcome; indexed again if the index lost it (e.g. it was corrupt)."""
     result = folder.read_result()
-    if not is_indexed(cfg.output_dir, folder.run_id):
+    if distributed.is_main_process() and not is_indexed(cfg.output_dir, folder.run_id):
         update_index(cfg.output_dir, run_index_entry(result, folder.root))
     return RunOutcome(folder, result, resumed=False, already_finished=True)

@@ -1,0 +1,5 @@
+"""``python -m mtlbench`` (and ``torchrun -m mtlbench run …``): the ``mtlbench`` command."""
+
+from mtlbench.cli import main
+
+main()
