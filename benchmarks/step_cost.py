@@ -1,179 +1,83 @@
-"""Cost of one training step per method, measured side by side in one process.
+"""The step cost of issue 12's two configurations, through ``mtlbench bench`` (the trainer's own step).
 
-For each backbone, every method's step (forward, the method's backward, optimizer step) is timed
-in interleaved rounds after a warm-up, so slow drifts of a noisy machine hit all methods alike.
-Reports the median and inter-quartile range per method, the ratio to ``vanilla`` of the same
-round, and peak memory (CUDA: ``max_memory_allocated``; CPU: not measured per method). The JSON
-written to ``--out`` records the machine, versions and commit; compare only runs of one machine.
+Configuration A: an nnU-Net-style plain encoder of 5 stages (16–256 channels) with the thyroid
+heads, 128 px, batch 8. Configuration B: the thyroid ``quick`` preset (``unet_small``, 64 px,
+batch 16). Both on the thyroid phantom, 2 CPU threads unless ``--threads`` says otherwise. The rows
+are the methods whose price the issue asks for, RLAR's two cheaper modes included; the JSON and
+PNG land in ``benchmarks/results/`` with the machine, versions and commit.
 
-    python benchmarks/step_cost.py --backbones unet_small --size 64 --batch 16
-    python benchmarks/step_cost.py --backbones nnunet_plain --size 512 --batch 8 --device cuda --amp bf16
+    python benchmarks/step_cost.py --config A
+    python benchmarks/step_cost.py --config B --rounds 20
+    python benchmarks/step_cost.py --config A --device cuda --amp bf16 data.image_size=512   # a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mtlbench import atomic
-from mtlbench.api.method import StepInputs
-from mtlbench.environment import device_info, git_commit, versions
-from mtlbench.model import MultiTaskModel
-from mtlbench.precision import Precision
-from mtlbench.registry import METHODS, create_backbone, create_task, list_methods
-from mtlbench.tasks.thyroid.settings import ThyroidData
-from mtlbench.tasks.thyroid.task import ThyroidParams
+from mtlbench.bench.compare import method_configs, parse_methods, run_comparison
+from mtlbench.bench.render import bench_plot, bench_tables
 
-
-def synthetic_batch(batch: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    mask = torch.zeros(batch, 1, size, size)
-    mask[:, :, size // 4 : size // 2, size // 3 : 2 * size // 3] = 1
-    data = {
-        "image": torch.randn(batch, 1, size, size, generator=g),
-        "mask": mask,
-        "label": torch.randint(0, 5, (batch,), generator=g),
-        "clinical": torch.randn(batch, 13, generator=g),
-    }
-    return {k: v.to(device) for k, v in data.items()}
-
-
-class StepRunner:
-    def __init__(
-        self, method: str, backbone: str, size: int, batch: int, device: torch.device, amp: str
-    ) -> None:
-        torch.manual_seed(0)
-        self.task = create_task("thyroid", ThyroidParams(), ThyroidData(image_size=size), 0, Path("."))
-        bb = create_backbone(backbone)
-        self.model = MultiTaskModel(bb, self.task.build_heads(bb.contract)).to(device)
-        params = METHODS.get(method).obj.Params()
-        self.method = METHODS.create(method, self.task.task_names, params).to(device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.precision = Precision.create(device, amp)
-        self.batch = synthetic_batch(batch, size, device)
-        self.device = device
-
-    def step(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            out = self.model(self.batch["image"])
-            losses = self.task.compute_losses(out, self.batch)
-        self.method.backward(
-            StepInputs(
-                losses,
-                self.task.loss_weights(),
-                self.model.shared_parameters(),
-                out.representations,
-                0,
-                self.precision.scale,
-                head_parameters=self.model.head_parameters(),
-                loss_scale=self.precision.loss_scale,
-            )
-        )
-        self.precision.step(self.optimizer)
-        if self.method.needs.extra_forward:  # FAMO's re-evaluation is part of its cost
-            self.method.after_step(self._losses_without_grad)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
-
-    @torch.no_grad()
-    def _losses_without_grad(self) -> dict[str, torch.Tensor]:
-        with self.precision.autocast():
-            return self.task.compute_losses(self.model(self.batch["image"]), self.batch)
-
-    def peak_memory_mb(self) -> float | None:
-        if self.device.type != "cuda":
-            return None
-        torch.cuda.reset_peak_memory_stats(self.device)
-        self.step()
-        return torch.cuda.max_memory_allocated(self.device) / 2**20
-
-
-def measure(
-    backbone: str,
-    methods: list[str],
-    size: int,
-    batch: int,
-    device: torch.device,
-    amp: str,
-    warmup: int,
-    rounds: int,
-) -> list[dict[str, Any]]:
-    runners = {m: StepRunner(m, backbone, size, batch, device, amp) for m in methods}
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner.step()
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    for _ in range(rounds):
-        for m, runner in runners.items():
-            times[m].append(runner.step())
-    rows = []
-    base = times.get("vanilla")
-    for m in methods:
-        t = times[m]
-        q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0]] * 3
-        ratio = statistics.median([a / b for a, b in zip(t, base)]) if base else None
-        rows.append(
-            {
-                "backbone": backbone,
-                "method": m,
-                "median_s": statistics.median(t),
-                "iqr_s": q[2] - q[0],
-                "ratio_to_vanilla": ratio,
-                "peak_memory_mb": runners[m].peak_memory_mb(),
-                "rounds": rounds,
-            }
-        )
-    return rows
+CONFIGURATIONS: dict[str, list[str]] = {
+    "A": [
+        "backbone=nnunet_plain",
+        "backbone_args.n_stages=5",
+        "backbone_args.features_per_stage=[16,32,64,128,256]",
+        "data.image_size=128",
+        "train.batch_size=8",
+    ],
+    "B": ["train.batch_size=16"],
+}
+METHODS = "vanilla,rlar,rlar:every=4,rlar:subset=2,rep_mtl,pcgrad,cagrad,mgda"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", nargs="+", default=["unet_small"])
-    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_cost.json"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", choices=sorted(CONFIGURATIONS), default="A")
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--breakdown-rounds", type=int, default=5)
+    parser.add_argument("--memory", choices=("subprocess", "inline", "off"), default="subprocess")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", default="none")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", help="more settings key=value")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    methods = args.methods or list_methods()
-    if "vanilla" in methods:
-        methods = ["vanilla"] + [m for m in methods if m != "vanilla"]
-    rows = []
-    for backbone in args.backbones:
-        rows += measure(backbone, methods, args.size, args.batch, device, args.amp, args.warmup, args.rounds)
-    report = {
-        "benchmark": "step_cost",
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "device": device_info(device),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "rows": rows,
-    }
-    atomic.write_json(args.out, report)
-    print(f"device: {report['device']['name']}  ({device.type}, {torch.get_num_threads()} threads)")
-    print(f"{'backbone':<16}{'method':<10}{'median ms':>10}{'IQR ms':>9}{'× vanilla':>11}{'peak MiB':>10}")
-    for r in rows:
-        ratio = "" if r["ratio_to_vanilla"] is None else f"{r['ratio_to_vanilla']:.2f}"
-        mem = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-        print(
-            f"{r['backbone']:<16}{r['method']:<10}{1000 * r['median_s']:>10.1f}{1000 * r['iqr_s']:>9.1f}"
-            f"{ratio:>11}{mem:>10}"
-        )
-    print(f"written: {args.out}")
+    torch.set_num_threads(args.threads)
+    overrides = [
+        *CONFIGURATIONS[args.config],
+        f"train.device={args.device}",
+        f"train.amp={args.amp}",
+        "train.progress=false",
+        *args.overrides,
+    ]
+    configs = method_configs(parse_methods(args.methods), overrides, task="thyroid")
+    record = run_comparison(
+        configs,
+        args.warmup,
+        args.rounds,
+        args.breakdown_rounds,
+        args.memory,
+        log=lambda m: print(m, flush=True),
+    )
+    record["configuration"] = {"name": args.config, "overrides": overrides}
+    out = args.out or Path(__file__).parent / "results" / f"step_cost_{args.config}.json"
+    atomic.write_json(out, record)
+    bench_plot(record, out.with_suffix(".png"))
+    from rich.console import Console
+
+    console = Console()
+    for table in bench_tables(record):
+        console.print(table)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -263,8 +263,9 @@ class RepMTL(MultiTaskMethod):
             raise TypeError(f"Rep-MTL probes one tensor; representation {p.representation!r} is a list")
         terms = self.task_terms(inputs.losses)
         scaled_terms = [inputs.scale(terms[t]) for t in self.task_names]
-        grads = [g for (g,) in float32_representation_gradients(scaled_terms, rep)]
-        tsr, csa, mean_pos = rep_mtl_penalties_from_gradients(grads, p.temperature, p.eps)
+        with inputs.phase("representation gradients"):
+            grads = [g for (g,) in float32_representation_gradients(scaled_terms, rep)]
+            tsr, csa, mean_pos = rep_mtl_penalties_from_gradients(grads, p.temperature, p.eps)
         tasks = sum(inputs.weights[t] * terms[t] for t in self.task_names)
         penalty = p.lambda_tsr * tsr + p.lambda_csa * csa
         logs = {
@@ -274,5 +275,6 @@ class RepMTL(MultiTaskMethod):
             "rep_mtl/pos_cos": detach_float(mean_pos),
         }
         # with diagnostics: where the penalty's gradient lands, per module
-        logs.update(penalised_backward(inputs, tasks, penalty, grads, rep, "rep_mtl_grad_norm"))
+        with inputs.phase("objective and second-order backward"):
+            logs.update(penalised_backward(inputs, tasks, penalty, grads, rep, "rep_mtl_grad_norm"))
         return logs

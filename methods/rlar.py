@@ -44,18 +44,31 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mtlbench.api.checks import check_param
+from mtlbench.api.gradients import step_generator
 from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
 from mtlbench.registry import register_method
 
 Representation = Literal["bottleneck", "last", "mid", "mean_last3"]
+_UNSET = -1
 
 
 @dataclass(frozen=True)
 class RLARParams:
-    """RLAR hyper-parameters."""
+    """RLAR hyper-parameters.
+
+    ``every`` and ``subset`` are opt-in cheaper estimates, not the paper's method (both off by
+    default): the penalty on every ``every``-th step only, times ``every`` (lazy regularisation, as
+    StyleGAN2's R1: the same penalty gradient on average over steps); and the penalty of a random
+    ``subset`` of the batch's samples, the heads and losses re-run on those samples only.
+    """
 
     lambda_adv: float = 0.1
     representation: Representation = "bottleneck"
+    every: int = 1
+    subset: int | None = None
+    #: The generator of the subset draws (``None``: the run's torch seed, fixed at the first step).
+    seed: int | None = None
 
 
 def per_sample_directions(grads: Sequence[Tensor]) -> Tensor:
@@ -263,8 +276,16 @@ class RLAR(MultiTaskMethod):
     Params = RLARParams
     needs = MethodNeeds(representation_grads=True)
 
+    def __init__(self, task_names: Sequence[str], params: Any = None) -> None:
+        super().__init__(task_names, params)
+        seed = _UNSET if self.params.seed is None else int(self.params.seed)
+        self.register_buffer("seed", torch.tensor(seed, dtype=torch.long))
+
     def validate(self) -> None:
         p = self.params
+        check_param("every", p.every, "int", low=1)
+        check_param("subset", p.subset, "int", low=1, allow_none=True)
+        check_param("seed", p.seed, "int", low=0, allow_none=True)
         if not p.lambda_adv >= 0:
             raise ValueError(f"Parameter `lambda_adv` should be >= 0. Found `lambda_adv = {p.lambda_adv}`.")
         if p.representation not in ("bottleneck", "last", "mid", "mean_last3"):
@@ -285,17 +306,42 @@ class RLAR(MultiTaskMethod):
             ),
         }
 
+    def subset_indices(self, step: int, batch_size: int) -> Tensor:
+        """The ``subset`` samples whose penalty is taken at ``step`` (seeded by (seed, step))."""
+        if int(self.seed) == _UNSET:
+            self.seed.fill_(torch.initial_seed() % 2**62)
+        order = torch.randperm(batch_size, generator=step_generator(int(self.seed), step))
+        return order[: self.params.subset].sort().values
+
     def backward(self, inputs: StepInputs) -> dict[str, float]:
-        rep = inputs.representation(self.params.representation)
-        scaled_losses = [inputs.scale(inputs.losses[t]) for t in self.task_names]
-        grads = float32_representation_gradients(scaled_losses, rep)
-        mean_abs_cos, per_pair = rlar_penalty_from_gradients(grads)
-        penalty = self.params.lambda_adv * mean_abs_cos
+        p = self.params
         objective = inputs.weighted_sum()
+        if p.every > 1 and inputs.step % p.every:
+            with inputs.phase("objective backward"):
+                inputs.scale(objective).backward()
+            return {"loss": detach_float(objective)}
+        losses, representations = inputs.losses, inputs.representations
+        rep = inputs.representation(p.representation)
+        batch_size = (rep if isinstance(rep, Tensor) else rep[0]).shape[0]
+        if p.subset is not None and p.subset < batch_size:
+            if inputs.subset_forward is None:
+                raise RuntimeError(
+                    "RLAR with `subset` needs StepInputs.subset_forward (the trainer provides it)"
+                )
+            with inputs.phase("subset forward"):
+                indices = self.subset_indices(inputs.step, batch_size).to(objective.device)
+                losses, representations = inputs.subset_forward(indices)
+            rep = representations[p.representation]
+        with inputs.phase("representation gradients"):
+            scaled_losses = [inputs.scale(losses[t]) for t in self.task_names]
+            grads = float32_representation_gradients(scaled_losses, rep)
+            mean_abs_cos, per_pair = rlar_penalty_from_gradients(grads)
+        penalty = p.lambda_adv * p.every * mean_abs_cos
         logs = {"loss": detach_float(objective + penalty), "rlar_penalty": detach_float(penalty)}
         # Where the penalty's gradient lands (methods.md: mostly on the heads for scalar heads).
         flat = [g for levels in grads for g in levels]
-        logs.update(penalised_backward(inputs, objective, penalty, flat, rep, "rlar_grad_norm"))
+        with inputs.phase("objective and second-order backward"):
+            logs.update(penalised_backward(inputs, objective, penalty, flat, rep, "rlar_grad_norm"))
         k = 0
         for a in range(len(self.task_names)):
             for b in range(a + 1, len(self.task_names)):

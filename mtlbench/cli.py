@@ -78,17 +78,69 @@ def run(
     restart: Annotated[
         bool, typer.Option("--restart", help="Discard an earlier attempt and start over.")
     ] = False,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="Train data-parallel in this many processes on this machine (one per GPU; gloo on the CPU): "
+            "re-launches the command through torchrun. See docs/distributed.md.",
+        ),
+    ] = None,
 ) -> None:
     """Train one task with one method and backbone; resumes an interrupted run with the same config."""
-    errors = user_errors()
-    try:
-        from mtlbench.runner import prepare_run
-
-        prepared = prepare_run(_config(task, method, backbone, config, preset, overrides))
-    except errors as exc:
-        fail(str(exc))
+    if nproc_per_node is not None:
+        _relaunch_with_torchrun(nproc_per_node, task, method, backbone, config, preset, restart, overrides)
         return
-    _train_and_report(prepared, restart)
+    errors = user_errors()
+    from mtlbench import distributed
+
+    try:
+        try:
+            from mtlbench.runner import prepare_run
+
+            prepared = prepare_run(_config(task, method, backbone, config, preset, overrides))
+        except errors as exc:
+            fail(str(exc))
+            return
+        _train_and_report(prepared, restart)
+    finally:
+        distributed.shutdown()
+
+
+def _relaunch_with_torchrun(  # type: ignore[no-untyped-def]
+    nproc: int, task, method, backbone, config, preset, restart: bool, overrides
+) -> None:
+    """``mtlbench run`` again, as ``torchrun --standalone --nproc_per_node N -m mtlbench run …``."""
+    import os
+    import subprocess
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail("--nproc-per-node launches torchrun; under torchrun already, leave it out")
+    args = ["run"]
+    for flag, value in (
+        ("--task", task),
+        ("--method", method),
+        ("--backbone", backbone),
+        ("--config", config),
+        ("--preset", preset),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    if restart:
+        args.append("--restart")
+    args += list(overrides or [])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    process = subprocess.Popen([*launcher, "-m", "mtlbench", *args])
+    while True:
+        try:
+            code = process.wait()
+            break
+        except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers: wait for it
+            continue
+    if code:
+        raise typer.Exit(code)
 
 
 def _console():  # type: ignore[no-untyped-def]
@@ -124,12 +176,16 @@ def _run_failures() -> tuple[type[BaseException], ...]:
 
 
 def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    from mtlbench import distributed
     from mtlbench.progress import TrainingProgress
     from mtlbench.results import RunFolder
     from mtlbench.runner import run_experiment
     from mtlbench.summary import summary_table
 
     console = _console()
+    console.quiet = not distributed.is_main_process()  # torchrun: rank 0 reports for all
     cfg = prepared.config
     console.print(
         f"[bold]mtlbench run[/bold] task={cfg.task} method={cfg.method} backbone={cfg.backbone} "
@@ -139,7 +195,9 @@ def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyp
     if not restart and not folder.is_finished() and folder.has_checkpoint():
         console.print("resuming from the last checkpoint")
     try:
-        with TrainingProgress(live=cfg.train.progress, metrics=prepared.task.shown_metrics()) as progress:
+        quiet = Console(stderr=True, quiet=True) if console.quiet else None  # ranks > 0 show nothing
+        live = cfg.train.progress and not console.quiet
+        with TrainingProgress(quiet, live=live, metrics=prepared.task.shown_metrics()) as progress:
             outcome = run_experiment(cfg, restart=restart, progress=progress, prepared=prepared)
     except _run_failures() as exc:
         fail(str(exc), EXIT_FAILED)
@@ -375,6 +433,11 @@ def data_check(
 from mtlbench.report.cli import register_commands as _register_report_commands  # noqa: E402
 
 _register_report_commands(app)
+
+# --- the price of each method (issue #12): `mtlbench bench`, in mtlbench/bench/cli.py
+from mtlbench.bench.cli import register_commands as _register_bench_commands  # noqa: E402
+
+_register_bench_commands(app)
 
 # --- hyper-parameter studies (issue #13): `mtlbench tune` and `mtlbench tune show`, in mtlbench/tune/cli.py
 from mtlbench.tune.cli import register_commands as _register_tune_commands  # noqa: E402

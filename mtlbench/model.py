@@ -63,8 +63,12 @@ class MultiTaskModel(nn.Module):
         return groups
 
     def forward(self, x: Tensor) -> ModelOutput:
-        features = self.backbone(x)
+        return self.forward_heads(self.backbone(x))
+
+    def forward_heads(self, features: list[Tensor]) -> ModelOutput:
+        """The heads on the backbone's feature maps (the trainer may run them in another precision)."""
+        features = list(features)
         outputs: dict[str, Any] = {}
         for name, head in self.heads.items():
             outputs[name] = head(features)
-        return ModelOutput(features=list(features), outputs=outputs)
+        return ModelOutput(features=features, outputs=outputs)

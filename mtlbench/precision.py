@@ -56,6 +56,25 @@ class Precision:
         dtype = torch.bfloat16 if self.mode == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def heads_in_float32(self, representation_grads: bool) -> bool:
+        """Whether the heads and losses run in float32 after an autocast backbone.
+
+        Under fp16, methods that differentiate the task losses with respect to the shared
+        representation (``MethodNeeds.representation_grads``: RLAR, Rep-MTL, MGDA-UB) get heads and
+        losses in float32: their penalties are functions of ∇_z L taken through the heads, and an
+        fp16 forward of the heads moves those penalties by ~3e-3 (RLAR) to ~2e-2 (Rep-MTL's CSA)
+        against float32 — a change of the method, not rounding of its result. The backbone keeps
+        fp16. bf16 and fp32 are unchanged (bf16 autocast everywhere: its range does not overflow
+        the second-order pass, and the heads' precision is the user's choice there).
+        """
+        return self.mode == "fp16" and representation_grads
+
+    def heads_autocast(self, representation_grads: bool) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context for the heads and losses (see :meth:`heads_in_float32`)."""
+        if self.heads_in_float32(representation_grads):
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return self.autocast()
+
     @property
     def scale(self) -> Callable[[Tensor], Tensor]:
         if self.scaler is None:

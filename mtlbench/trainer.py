@@ -9,11 +9,12 @@ clipping, the optimizer step, logging).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,10 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlbench.api.method import MultiTaskMethod, StepInputs
+from mtlbench import distributed
+from mtlbench.api.method import MultiTaskMethod, StepInputs, no_phase
 from mtlbench.api.task import DataSplits, TaskDefinition
 from mtlbench.config import RunConfig
-from mtlbench.model import MultiTaskModel
+from mtlbench.model import ModelOutput, MultiTaskModel
+from mtlbench.optim import build_optimizer, build_scheduler
 from mtlbench.precision import Precision
 from mtlbench.results import RunFolder
 
@@ -158,9 +161,12 @@ class Trainer:
         self.device = precision.device
         tc = config.train
         params = list(model.parameters()) + [p for p in method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=tc.betas)
+        self.optimizer = build_optimizer(params, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc)  # stepped once per epoch
         self.state = TrainState()
         self.weights = task.loss_weights()
+        #: ``mtlbench bench`` swaps in a timer that records the step's phases.
+        self.phase: Callable[[str], contextlib.AbstractContextManager[None]] = no_phase
         self._diagnostics_time = 0.0
 
     # ------------------------------------------------------------------ checkpoints
@@ -169,6 +175,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "precision": self.precision.state_dict(),
             "state": asdict(self.state),
             "rng": _rng_state(),
@@ -179,6 +186,8 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.method.load_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scheduler" in ckpt:  # absent from checkpoints written before schedules existed
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         self.precision.load_state_dict(ckpt["precision"])
         self.state = TrainState(**ckpt["state"])
         _set_rng_state(ckpt["rng"])
@@ -195,12 +204,29 @@ class Trainer:
             yield move(batch, self.device)
 
     # ------------------------------------------------------------------ one step
+    def forward_losses(self, batch: dict[str, torch.Tensor]) -> tuple[ModelOutput, dict[str, torch.Tensor]]:
+        """The training forward and the task losses, attached to the graph.
+
+        The backbone runs under the run's autocast; the heads and losses too, except under fp16 for
+        methods that need representation gradients, which get them in float32
+        (:meth:`Precision.heads_in_float32`).
+        """
+        representation_grads = self.method.needs.representation_grads
+        with self.precision.autocast():
+            features = self.model.backbone(batch["image"])
+        if self.precision.heads_in_float32(representation_grads):
+            features = [f.float() for f in features]
+        with self.precision.heads_autocast(representation_grads):
+            output = self.model.forward_heads(features)
+            losses = self.task.compute_losses(output, batch)
+        return output, losses
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         """Forward, the method's backward, clipping, optimizer step. ``None`` if fp16 skipped it."""
         self.optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            output = self.model(batch["image"])
-            losses = self.task.compute_losses(output, batch)
+        with self.phase("forward"):
+            output, losses = self.forward_losses(batch)
+        losses = distributed.global_loss_values(losses)  # torchrun: the global batch's values
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         if bad:
             if self.precision.mode == "fp16":
@@ -227,24 +253,44 @@ class Trainer:
             loss_scale=self.precision.loss_scale,
             diagnostics=diagnostics,
             parameter_groups=self.model.parameter_groups() if diagnostics else {},
+            phase=self.phase,
+            subset_forward=lambda indices: self._subset_forward(output, batch, indices),
         )
-        logs = dict(self.method.backward(inputs))
+        with self.phase("backward"):
+            logs = dict(self.method.backward(inputs))
+        distributed.average_gradients_(p for group in self.optimizer.param_groups for p in group["params"])
         logs.update(diag_logs)
-        if self.config.train.grad_clip is not None:
-            self.precision.unscale(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        if not self.precision.step(self.optimizer):
+        with self.phase("optimizer"):
+            if self.config.train.grad_clip is not None:
+                self.precision.unscale(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            stepped = self.precision.step(self.optimizer)
+        if not stepped:
             return None
         if self.method.needs.extra_forward:
-            logs.update(self.method.after_step(lambda: self._losses_without_grad(batch)))
+            with self.phase("after step"):
+                logs.update(self.method.after_step(lambda: self._losses_without_grad(batch)))
         out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         out.update(logs)
         return out
 
+    def _subset_forward(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], indices: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]:
+        """The heads and task losses on ``indices`` of the batch only, from the slices of this
+        step's backbone features (so their gradients reach the backbone): ``StepInputs.subset_forward``."""
+        representation_grads = self.method.needs.representation_grads
+        features = [f[indices] for f in output.features]
+        sub_batch = {k: v[indices] for k, v in batch.items()}
+        with self.precision.heads_autocast(representation_grads):
+            sub = self.model.forward_heads(features)
+            losses = self.task.compute_losses(sub, sub_batch)
+        return losses, sub.representations
+
     @torch.no_grad()
     def _losses_without_grad(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
-            return self.task.compute_losses(self.model(batch["image"]), batch)
+            return distributed.global_loss_values(self.task.compute_losses(self.model(batch["image"]), batch))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -305,6 +351,7 @@ class Trainer:
             sums: dict[str, float] = defaultdict(float)
             counts: dict[str, int] = defaultdict(int)
             batches = epoch_batches(n_train, tc.steps_per_epoch, tc.batch_size, self.config.seed, epoch)
+            batches = distributed.shard_batches(batches)  # torchrun: this rank's share of each batch
             if hasattr(self.splits.train, "set_epoch"):  # fresh, reproducible augmentations per epoch
                 self.splits.train.set_epoch(epoch)
             images = 0
@@ -330,6 +377,8 @@ class Trainer:
                 if progress is not None:
                     progress.update(logs, images / max(time.perf_counter() - t_epoch, 1e-9))
             train_time = time.perf_counter() - t_epoch
+            distributed.average_buffers_(self.model)  # torchrun: one model to validate and save
+            sums = defaultdict(float, distributed.mean_over_ranks(sums))  # the logs of every rank
             self.method.on_epoch_end(
                 epoch + 1, {k[len("loss/") :]: sums[k] / counts[k] for k in sums if k.startswith("loss/")}
             )
@@ -358,6 +407,7 @@ class Trainer:
                 "best": improved,
             }
             self.folder.log_metrics(record)
+            self.scheduler.step()  # the next epoch's learning rate, saved with the checkpoint
             ckpt = self.checkpoint()
             if improved:
                 self.folder.save_checkpoint("best", ckpt)

@@ -129,7 +129,13 @@ def test_unknown_preset_suggests() -> None:
 
 def test_registry_sections_are_checked_and_filled() -> None:
     resolved = resolve_run(resolve_config(["method_args.lambda_adv=0.5"], method="rlar"))
-    assert resolved.config.method_args == {"lambda_adv": 0.5, "representation": "bottleneck"}
+    assert resolved.config.method_args == {
+        "lambda_adv": 0.5,
+        "representation": "bottleneck",
+        "every": 1,
+        "subset": None,
+        "seed": None,
+    }
     assert resolved.method_params.lambda_adv == 0.5
     assert resolved.config.task_args == {
         "levels": 3,

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
+from mtlbench.distributed import all_reduce_mean_
 
 
 def flat_grads(grads: Sequence[Tensor | None], params: Sequence[nn.Parameter]) -> Tensor:
@@ -42,6 +43,10 @@ def task_gradient_matrix(
     ``batched`` takes all T gradients in one vectorised backward (``is_grads_batched``); ``None``
     picks it on CUDA only: on the CPU it measured about 7× slower than T plain backward passes
     (unet_small, 64 px, batch 8). Operators without a batching rule fall back to the loop.
+
+    Under ``torchrun`` the matrix is averaged over the ranks before it is returned, so every rank
+    combines the global batch's gradients (a combination is nonlinear in ``G``: averaging per-rank
+    combinations would not be the single-process update). Every rank must call it, in step.
     """
     if batched is None:
         batched = bool(params) and params[0].device.type == "cuda"
@@ -55,7 +60,7 @@ def task_gradient_matrix(
                 is_grads_batched=True,
                 allow_unused=True,
             )
-            return torch.cat(
+            matrix = torch.cat(
                 [
                     (
                         torch.zeros(len(losses), p.numel(), device=p.device, dtype=p.dtype)
@@ -68,6 +73,8 @@ def task_gradient_matrix(
             )
         except RuntimeError:
             pass  # no batching rule for some operator: one backward per task instead
+        else:
+            return all_reduce_mean_(matrix)
     rows = []
     for loss in losses:
         if not loss.requires_grad:
@@ -75,7 +82,7 @@ def task_gradient_matrix(
             continue
         grads = torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)
         rows.append(flat_grads(grads, params))
-    return torch.stack(rows)
+    return all_reduce_mean_(torch.stack(rows))
 
 
 def assign_flat_grad(vector: Tensor, params: Sequence[nn.Parameter]) -> None:
@@ -205,21 +212,26 @@ class GradientCombination(MultiTaskMethod):
         weighted = [inputs.weights[t] * inputs.losses[t] for t in self.task_names]
         shared = [p for p in inputs.shared_parameters if p.requires_grad]
         heads = [p for p in inputs.head_parameters if p.requires_grad]
-        grads = task_gradient_matrix([inputs.scale(loss) for loss in weighted], shared) / inputs.loss_scale
+        with inputs.phase("task gradients"):
+            grads = (
+                task_gradient_matrix([inputs.scale(loss) for loss in weighted], shared) / inputs.loss_scale
+            )
         ctx = StepContext(
             self.task_names,
             int(inputs.step),
             torch.tensor([detach_float(f) for f in weighted], dtype=torch.float64),
             bool(inputs.diagnostics),
         )
-        combined, logs, head_weights = self.shared_update(grads.float(), ctx)
-        assign_flat_grad(combined * inputs.loss_scale, shared)
+        with inputs.phase("combination"):
+            combined, logs, head_weights = self.shared_update(grads.float(), ctx)
+            assign_flat_grad(combined * inputs.loss_scale, shared)
         if head_weights is None:
             head_loss = sum(weighted)
         else:
             head_loss = sum(float(w) * f for w, f in zip(head_weights.tolist(), weighted))
         if heads and isinstance(head_loss, Tensor) and head_loss.requires_grad:
-            head_grads = torch.autograd.grad(inputs.scale(head_loss), heads, allow_unused=True)
+            with inputs.phase("head gradients"):
+                head_grads = torch.autograd.grad(inputs.scale(head_loss), heads, allow_unused=True)
             for p, g in zip(heads, head_grads):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad + g

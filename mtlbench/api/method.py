@@ -10,8 +10,9 @@ module and is checkpointed with the run through ``state_dict()``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +36,16 @@ class NoParams:
 
 def _identity(loss: Tensor) -> Tensor:
     return loss
+
+
+#: ``indices`` → ``(losses, representations)`` of the heads re-run on those samples.
+SubsetForward = Callable[[Tensor], tuple[dict[str, Tensor], dict[str, Tensor | list[Tensor]]]]
+
+
+@contextlib.contextmanager
+def no_phase(name: str) -> Iterator[None]:
+    """The default phase timer: does nothing (``mtlbench bench`` passes one that records)."""
+    yield
 
 
 @dataclass
@@ -62,6 +73,13 @@ class StepInputs:
     diagnostics: bool = False
     #: Named parameter groups for per-module diagnostics: ``encoder`` and ``head/<name>``.
     parameter_groups: dict[str, Sequence[nn.Parameter]] = field(default_factory=dict)
+    #: ``with inputs.phase("task gradients"): ...`` names a part of the step for ``mtlbench bench``'s
+    #: breakdown of where the time goes (a no-op in training).
+    phase: Callable[[str], contextlib.AbstractContextManager[None]] = no_phase
+    #: ``subset_forward(indices)`` re-runs the heads and losses on those samples of the batch only
+    #: (attached to the graph through the slices of the backbone's features) and returns
+    #: ``(losses, representations)``; ``None`` where the caller has no model at hand.
+    subset_forward: SubsetForward | None = None
 
     def representation(self, name: str) -> Tensor | list[Tensor]:
         """The named shared representation; a clear error if the model does not provide it."""

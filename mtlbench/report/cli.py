@@ -249,6 +249,12 @@ def report(
         str | None, typer.Option("--splits", help="Only these splits as table columns, e.g. test,external.")
     ] = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Tables only.")] = False,
+    bench: Annotated[
+        Path | None,
+        typer.Option(
+            "--bench", help="A `mtlbench bench` JSON: its side-by-side step cost fills the cost columns."
+        ),
+    ] = None,
 ) -> None:
     """Leaderboards from stored runs: mean ± std, best/second, Δm%, ranks, cost, significance, plots."""
     from mtlbench.report.render import FORMATS
@@ -263,7 +269,18 @@ def report(
     from mtlbench.report.build import write_report
     from mtlbench.report.tables import ReportOptions
 
+    bench_record = None
+    if bench is not None:
+        import json
+
+        try:
+            bench_record = json.loads(bench.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"--bench {str(bench)!r}: not a readable bench record ({exc})")
+        if not isinstance(bench_record, dict) or bench_record.get("kind") != "mtlbench bench":
+            fail(f"--bench {str(bench)!r}: not a `mtlbench bench` record (no kind: mtlbench bench)")
     options = ReportOptions(
+        bench=bench_record,
         baseline=baseline,
         test=test,
         metric=metric,

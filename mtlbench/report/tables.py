@@ -70,6 +70,7 @@ class ReportOptions:
     front_metrics: tuple[str, str] | None = None  # axes of the scalarisation front
     splits: tuple[str, ...] | None = None  # only these splits (default: every split present)
     compact: bool = False  # metric columns only (the paper's layout), no Δm%/rank/cost/significance
+    bench: dict[str, Any] | None = None  # a `mtlbench bench` record: its side-by-side cost columns win
 
 
 @dataclass
@@ -279,6 +280,16 @@ def build_leaderboard(runs: list[RunRecord], task: str, options: ReportOptions |
 
     delta_m = _delta_m(rows, mean, splits, metric_keys, higher)
     cost = _cost(rows)
+    if options.bench is not None:
+        used = apply_bench(cost, rows, task, options.bench)
+        if used:
+            machine = options.bench.get("machine", {})
+            notes.append(
+                f"cost columns of {', '.join(used)} from `mtlbench bench` ({machine.get('name')}, "
+                f"{machine.get('threads')} threads, {options.bench.get('created')}, commit "
+                f"{options.bench.get('commit')}): median step and peak memory measured side by side, "
+                "ratios per round against vanilla"
+            )
     primary_split = options.split or ("test" if "test" in splits else splits[0])
     primary_metric = options.metric or (monitor if monitor in present else metric_keys[0])
     significance = _significance(rows, (primary_split, primary_metric), options)
@@ -412,6 +423,29 @@ def _plain_row(rows: list[Row], backbone: str, method: str) -> Row | None:
     candidates = [r for r in candidates if not r.reference]
     plain = [r for r in candidates if r.label == method]
     return (plain or candidates or [None])[0]
+
+
+def apply_bench(cost: pd.DataFrame, rows: list[Row], task: str, bench: dict[str, Any]) -> list[str]:
+    """Overwrite the cost columns of the rows a bench record measured (same task, backbone and
+    method, or the exact method label such as ``rlar:every=4``); returns the labels used."""
+    runs = bench.get("settings", {}).get("runs", {})
+    used = []
+    for measured in bench.get("rows", []):
+        label = measured.get("method")
+        setting = runs.get(label, {})
+        if setting.get("task") != task or "median_s" not in measured:
+            continue
+        for row in rows:
+            if row.reference or row.backbone != setting.get("backbone"):
+                continue
+            if row.label != label and not (row.method == label and row.variant is None):
+                continue
+            cost.loc[row.key, "step_ms"] = 1000 * measured["median_s"]
+            cost.loc[row.key, "step_ratio"] = measured.get("ratio", math.nan)
+            cost.loc[row.key, "memory_mb"] = measured.get("memory", {}).get("peak_mb", math.nan)
+            cost.loc[row.key, "memory_ratio"] = measured.get("memory_ratio", math.nan)
+            used.append(label)
+    return sorted(set(used))
 
 
 def _cost(rows: list[Row]) -> pd.DataFrame:

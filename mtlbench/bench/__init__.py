@@ -1,0 +1,1 @@
+"""``mtlbench bench``: the cost of each method's training step, measured side by side."""
