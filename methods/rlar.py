@@ -44,6 +44,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mtlbench import distributed
 from mtlbench.api.checks import check_param
 from mtlbench.api.gradients import step_generator
 from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
@@ -123,7 +124,9 @@ def pairwise_abs_cosine(directions: Sequence[Tensor]) -> tuple[Tensor, Tensor, T
             total = total + pair_abs.sum()
             count = count + mask.sum()
             pair_means.append(pair_abs.sum().detach() / mask.sum().clamp_min(1.0))
-    mean = total / count.clamp_min(1.0)
+    # torchrun: the pair count of the global batch (distributed.batch_normaliser), so the ranks average
+    # to the global batch's penalty and gradient whatever pairs each shard holds
+    mean = total / distributed.batch_normaliser(count).clamp_min(1.0)
     return mean, torch.stack(pair_means), count.detach()
 
 

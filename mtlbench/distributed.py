@@ -142,6 +142,19 @@ def all_reduce_mean_(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def batch_normaliser(local: Tensor) -> Tensor:
+    """A batch-level normaliser of this rank's shard (a count, a weight sum), as the mean over ranks.
+
+    A loss ``Σ_{i∈shard} a_i / n_shard`` averaged over ranks is the global batch's ``Σ a_i / n`` only
+    when every shard has the same ``n_shard``. Dividing the shard's sum by ``mean_r n_r = n / N``
+    instead makes the ranks' mean value and mean gradient exactly the global batch's, whatever the
+    shards hold (missing labels, class weights). Detached; the identity in a single process.
+    """
+    if not is_distributed():
+        return local
+    return all_reduce_mean_(local.detach().clone())
+
+
 class _GlobalValue(torch.autograd.Function):
     """Forward: the given global value; backward: the local loss's gradient, unchanged."""
 

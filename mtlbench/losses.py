@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlbench import distributed
+
 
 def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
     """Mean over samples of ``1 − (2Σ p·g + s) / (Σ p + Σ g + s)`` with ``p = sigmoid(logits)``.
@@ -51,16 +53,24 @@ def masked_mse(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     if reduction == "mean":
         per_row = per_row / n_per_row.clamp_min(1)
     rows = (n_per_row > 0).float()
-    return (per_row * rows).sum() / rows.sum().clamp_min(1.0)
+    return (per_row * rows).sum() / distributed.batch_normaliser(rows.sum()).clamp_min(1.0)
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
     """Class-weighted cross-entropy over the samples with a label (label −1 = unknown).
 
     PyTorch's weighted mean ``Σ w_y·ℓ / Σ w_y``; zero (still attached to the graph) when no sample
-    in the batch has a label, where PyTorch would return NaN.
+    in the batch has a label, where PyTorch would return NaN. Under ``torchrun`` the denominator is
+    the global batch's (``distributed.batch_normaliser``), so shards with different labels or
+    weights still average to the global batch's loss and gradient.
     """
     known = labels >= 0
-    if not bool(known.any()):
+    total = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=-1, reduction="sum")
+    if weight is None:
+        denominator = known.sum().float()
+    else:
+        denominator = weight.to(logits.device).float()[labels[known]].sum()
+    denominator = distributed.batch_normaliser(denominator)
+    if not bool(denominator > 0):
         return logits.float().sum() * 0.0
-    return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=-1)
+    return total / denominator

@@ -16,6 +16,7 @@ with an in-process single-process run. Tolerances (why they are what they are):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +73,31 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args, cwd=cwd)
 
 
-def run_dir(root: Path) -> Path:
-    (folder,) = glob.glob(str(root / "runs" / "twoshapes" / "*"))
+def run_dir(root: Path, task: str = "twoshapes") -> Path:
+    (folder,) = glob.glob(str(root / "runs" / task / "*"))
     return Path(folder)
 
 
-def assert_same_training(ddp: Path, single: Path) -> None:
-    a, b = run_dir(ddp), run_dir(single)
+def numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested metrics dictionary (per-class tables included), by dotted key."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def assert_same_training(ddp: Path, single: Path, task: str = "twoshapes") -> None:
+    a, b = run_dir(ddp, task), run_dir(single, task)
     result_a = json.loads((a / "result.json").read_text())["metrics"]
     result_b = json.loads((b / "result.json").read_text())["metrics"]
     assert result_a.keys() == result_b.keys()
     for split in result_b:
-        assert result_a[split] == pytest.approx(result_b[split], rel=1e-4, abs=1e-6), split
+        flat_a, flat_b = numbers(result_a[split]), numbers(result_b[split])
+        assert flat_a.keys() == flat_b.keys() and flat_b
+        assert flat_a == pytest.approx(flat_b, rel=1e-4, abs=1e-6), split
     lines_a = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines_a] == [x["epoch"] for x in lines_b] == list(range(1, EPOCHS + 1))
@@ -191,6 +206,25 @@ def test_rlar_interrupted_and_resumed_under_torchrun_matches_uninterrupted_singl
     assert_same_training(tmp_path / "ddp", tmp_path / "single")
 
 
+def test_rlar_on_the_embedded_phantom_matches_single_process(tmp_path: Path) -> None:
+    """The thyroid phantom (the embedded default data): class-weighted cross-entropy and clinical
+    targets with missing values, whose batch-level normalisers differ between the shards."""
+    from tests.tiny import tiny_run_overrides
+
+    def settings(root: Path) -> list[str]:
+        extra = {
+            "train.epochs": EPOCHS,
+            "train.steps_per_epoch": STEPS,
+            "train.lr": LR,
+            "train.device": "cpu",
+        }
+        return tiny_run_overrides(root, **extra)
+
+    run_experiment(resolve_config(settings(tmp_path / "single"), method="rlar"))
+    torchrun("-m", "mtlbench", "run", "--method", "rlar", *settings(tmp_path / "ddp"), cwd=tmp_path)
+    assert_same_training(tmp_path / "ddp", tmp_path / "single", task="thyroid")
+
+
 # ---------------------------------------------------------------- collectives, two gloo processes
 
 
@@ -253,6 +287,50 @@ def _check_collectives(rank: int) -> None:
     distributed.average_gradients_([a, b, c], bucket_bytes=8)
     assert a.grad.tolist() == [1.5] * 3 and b.grad.tolist() == [0.5, 0.5] and c.grad is None
 
+    # batch-level normalisers (class weights, missing labels and targets differ between the shards):
+    # the ranks' mean loss and mean gradient are the global batch's
+    from mtlbench.losses import masked_mse, weighted_cross_entropy
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(8, 3, generator=gen, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, -1, 2, 2, 2, 1])
+    weight = torch.tensor([0.5, 1.0, 3.0])
+    target = torch.randn(8, 4, generator=gen)
+    target[[1, 2, 3, 6]] = float("nan")
+    target[5, :2] = float("nan")
+    for loss_of in (
+        lambda rows: weighted_cross_entropy(logits[rows], labels[rows], weight),
+        lambda rows: weighted_cross_entropy(logits[rows], labels[rows]),
+        lambda rows: masked_mse(logits[rows, :1].expand(-1, 4), target[rows]),
+    ):
+        local = loss_of(shard)
+        (g_local,) = torch.autograd.grad(local, [logits])
+        value = distributed.all_reduce_mean_(local.detach().clone())
+        distributed.all_reduce_mean_(g_local)
+        with distributed_off():
+            full = loss_of(slice(None))
+            (g_full,) = torch.autograd.grad(full, [logits])
+        assert float(value) == pytest.approx(float(full), rel=1e-6)
+        torch.testing.assert_close(g_local, g_full, rtol=1e-5, atol=1e-7)
+
+    # RLAR's mean |cos| over the valid (sample, pair) entries: shard 0 holds more zero rows (no
+    # direction) than shard 1, and still the ranks average to the global batch's penalty and gradient
+    from mtlbench.methods.rlar import pairwise_abs_cosine
+
+    dirs = torch.randn(3, 8, 5, generator=gen)
+    dirs[0, [0, 1, 2]] = 0.0
+    dirs[2, 5] = 0.0
+    dirs.requires_grad_(True)
+    local_mean = pairwise_abs_cosine(list(dirs[:, shard]))[0]
+    (g_local,) = torch.autograd.grad(local_mean, [dirs])
+    value = distributed.all_reduce_mean_(local_mean.detach().clone())
+    distributed.all_reduce_mean_(g_local)
+    with distributed_off():
+        full_mean = pairwise_abs_cosine(list(dirs))[0]
+        (g_full,) = torch.autograd.grad(full_mean, [dirs])
+    assert float(value) == pytest.approx(float(full_mean), rel=1e-6)
+    torch.testing.assert_close(g_local, g_full, rtol=1e-5, atol=1e-7)
+
     assert distributed.shard_batches([[0, 1, 2, 3], [4, 5, 6, 7]]) == [
         [2 * rank, 2 * rank + 1],
         [4 + 2 * rank, 5 + 2 * rank],
@@ -262,6 +340,17 @@ def _check_collectives(rank: int) -> None:
         "only0": 1.0,
         "only1": 1.0,
     }
+
+
+@contextlib.contextmanager
+def distributed_off() -> Iterator[None]:
+    """Compute as a single process would, inside a spawned rank (the reference of a check)."""
+    from unittest import mock
+
+    from mtlbench import distributed
+
+    with mock.patch.object(distributed, "is_distributed", lambda: False):
+        yield
 
 
 def test_collectives_with_two_gloo_processes() -> None:

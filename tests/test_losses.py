@@ -55,3 +55,19 @@ def test_masked_mse_sum_is_the_squared_l2_norm_of_eq3() -> None:
     assert masked_mse(pred, target).item() == pytest.approx((5.0 / 2 + 3.0 / 3) / 2)
     with pytest.raises(ValueError, match="reduction"):
         masked_mse(pred, target, "max")
+
+
+def test_weighted_cross_entropy_is_pytorchs_weighted_mean() -> None:
+    import torch.nn.functional as F
+
+    from mtlbench.losses import weighted_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=gen)
+    labels = torch.tensor([0, 3, -1, 2, 2, 1])
+    weight = torch.tensor([0.5, 2.0, 1.0, 4.0])
+    for w in (None, weight):
+        expected = F.cross_entropy(logits, labels, weight=w, ignore_index=-1)
+        assert float(weighted_cross_entropy(logits, labels, w)) == pytest.approx(float(expected), rel=1e-6)
+    nothing = weighted_cross_entropy(logits.requires_grad_(), torch.full((6,), -1), weight)
+    assert float(nothing.detach()) == 0.0 and nothing.requires_grad
