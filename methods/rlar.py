@@ -289,6 +289,13 @@ class RLAR(MultiTaskMethod):
         check_param("every", p.every, "int", low=1)
         check_param("subset", p.subset, "int", low=1, allow_none=True)
         check_param("seed", p.seed, "int", low=0, allow_none=True)
+        if p.subset is not None and p.representation != "bottleneck":
+            # the heads re-run on slices of the features: below the bottleneck, ∇_z L of a slice
+            # would miss the path through the deeper encoder stages
+            raise ValueError(
+                "Parameter `subset` needs `representation = 'bottleneck'`. "
+                f"Found `representation = {p.representation!r}`."
+            )
         if not p.lambda_adv >= 0:
             raise ValueError(f"Parameter `lambda_adv` should be >= 0. Found `lambda_adv = {p.lambda_adv}`.")
         if p.representation not in ("bottleneck", "last", "mid", "mean_last3"):

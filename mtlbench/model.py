@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -29,12 +29,30 @@ def named_representations(features: list[Tensor]) -> dict[str, Tensor | list[Ten
 
 @dataclass
 class ModelOutput:
+    """The backbone's features, the heads' outputs, and (from the trainer) the heads' inputs.
+
+    ``head_inputs`` are the tensors the heads consumed when the trainer ran them: a fresh view (or a
+    float32 copy) of each feature map, so a gradient taken with respect to them stops at the heads
+    and one taken from them continues into the backbone. ``features`` are what the representations
+    are read from: the backbone's own tensors, so ``∇_z L`` of an encoder level is the total
+    derivative (through the heads *and* the deeper encoder stages), except the deepest, which the
+    encoder does not consume, where it is the head input itself.
+    """
+
     features: list[Tensor]
     outputs: dict[str, Any]
+    head_inputs: list[Tensor] = field(default_factory=list)
 
     @property
     def representations(self) -> dict[str, Tensor | list[Tensor]]:
         return named_representations(self.features)
+
+
+def cut_point(feature: Tensor, float32: bool = False) -> Tensor:
+    """What a head consumes of ``feature``: a new view (a float32 copy under float32 heads), so that
+    gradients taken with respect to it stop at the heads (``StepInputs.head_inputs``)."""
+    x = feature.float() if float32 else feature
+    return x.view_as(x)
 
 
 class MultiTaskModel(nn.Module):
@@ -64,6 +82,13 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, x: Tensor) -> ModelOutput:
         return self.forward_heads(self.backbone(x))
+
+    def heads_on_cut_points(self, features: list[Tensor], float32: bool = False) -> ModelOutput:
+        """The heads on cut points of ``features`` (:func:`cut_point`), as the trainer runs them:
+        ``head_inputs`` set, representations read from the backbone's own tensors."""
+        head_inputs = [cut_point(f, float32) for f in features]
+        heads = self.forward_heads(head_inputs)
+        return ModelOutput([*features[:-1], head_inputs[-1]], heads.outputs, head_inputs)
 
     def forward_heads(self, features: list[Tensor]) -> ModelOutput:
         """The heads on the backbone's feature maps (the trainer may run them in another precision)."""

@@ -209,15 +209,20 @@ class Trainer:
 
         The backbone runs under the run's autocast; the heads and losses too, except under fp16 for
         methods that need representation gradients, which get them in float32
-        (:meth:`Precision.heads_in_float32`).
+        (:meth:`Precision.heads_in_float32`). The heads consume cut points of the features
+        (``ModelOutput.head_inputs``).
         """
-        representation_grads = self.method.needs.representation_grads
         with self.precision.autocast():
             features = self.model.backbone(batch["image"])
-        if self.precision.heads_in_float32(representation_grads):
-            features = [f.float() for f in features]
+        return self._heads_and_losses(list(features), batch)
+
+    def _heads_and_losses(
+        self, features: list[torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> tuple[ModelOutput, dict[str, torch.Tensor]]:
+        representation_grads = self.method.needs.representation_grads
+        float32 = self.precision.heads_in_float32(representation_grads)
         with self.precision.heads_autocast(representation_grads):
-            output = self.model.forward_heads(features)
+            output = self.model.heads_on_cut_points(features, float32)
             losses = self.task.compute_losses(output, batch)
         return output, losses
 
@@ -254,6 +259,7 @@ class Trainer:
             diagnostics=diagnostics,
             parameter_groups=self.model.parameter_groups() if diagnostics else {},
             phase=self.phase,
+            head_inputs=output.head_inputs,
             subset_forward=lambda indices: self._subset_forward(output, batch, indices),
         )
         with self.phase("backward"):
@@ -279,12 +285,12 @@ class Trainer:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]:
         """The heads and task losses on ``indices`` of the batch only, from the slices of this
         step's backbone features (so their gradients reach the backbone): ``StepInputs.subset_forward``."""
-        representation_grads = self.method.needs.representation_grads
-        features = [f[indices] for f in output.features]
-        sub_batch = {k: v[indices] for k, v in batch.items()}
-        with self.precision.heads_autocast(representation_grads):
-            sub = self.model.forward_heads(features)
-            losses = self.task.compute_losses(sub, sub_batch)
+        backbone_features = (
+            [*output.features[:-1], output.head_inputs[-1]] if output.head_inputs else output.features
+        )
+        sub, losses = self._heads_and_losses(
+            [f[indices] for f in backbone_features], {k: v[indices] for k, v in batch.items()}
+        )
         return losses, sub.representations
 
     @torch.no_grad()

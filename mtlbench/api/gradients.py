@@ -85,6 +85,44 @@ def task_gradient_matrix(
     return all_reduce_mean_(torch.stack(rows))
 
 
+def task_gradients_through_head_inputs(
+    losses: Sequence[Tensor],
+    head_inputs: Sequence[Tensor],
+    shared: Sequence[nn.Parameter],
+    heads: Sequence[nn.Parameter],
+) -> tuple[Tensor, list[list[Tensor | None]]]:
+    """The T×P matrix of per-task shared gradients and each task's head-parameter gradients.
+
+    Per task, one backward through the heads to the head parameters *and* the heads' inputs (cut
+    points of the backbone's features, ``StepInputs.head_inputs``), then one from those inputs into
+    the backbone: the same T backward passes as :func:`task_gradient_matrix`, but the heads' own
+    gradients come out of them, so no further pass through the heads is needed (by linearity the
+    heads' gradient of Σ w_t L_t is Σ w_t of the per-task ones). Averaged over ranks under
+    ``torchrun``, as :func:`task_gradient_matrix`.
+    """
+    n = len(head_inputs)
+    rows, head_rows = [], []
+    for loss in losses:
+        if not loss.requires_grad:
+            rows.append(torch.cat([torch.zeros_like(p).reshape(-1) for p in shared]))
+            head_rows.append([None] * len(heads))
+            continue
+        grads = torch.autograd.grad(loss, [*head_inputs, *heads], retain_graph=True, allow_unused=True)
+        reached = [(x, g) for x, g in zip(head_inputs, grads[:n]) if g is not None]
+        backbone: Sequence[Tensor | None] = [None] * len(shared)
+        if reached and shared:
+            backbone = torch.autograd.grad(
+                [x for x, _ in reached],
+                list(shared),
+                grad_outputs=[g for _, g in reached],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        rows.append(flat_grads(backbone, shared))
+        head_rows.append(list(grads[n:]))
+    return all_reduce_mean_(torch.stack(rows)), head_rows
+
+
 def assign_flat_grad(vector: Tensor, params: Sequence[nn.Parameter]) -> None:
     """Write (accumulate) a flat vector into ``.grad`` of ``params``."""
     offset = 0
@@ -212,10 +250,16 @@ class GradientCombination(MultiTaskMethod):
         weighted = [inputs.weights[t] * inputs.losses[t] for t in self.task_names]
         shared = [p for p in inputs.shared_parameters if p.requires_grad]
         heads = [p for p in inputs.head_parameters if p.requires_grad]
+        scaled = [inputs.scale(loss) for loss in weighted]
+        per_task_heads: list[list[Tensor | None]] | None = None
         with inputs.phase("task gradients"):
-            grads = (
-                task_gradient_matrix([inputs.scale(loss) for loss in weighted], shared) / inputs.loss_scale
-            )
+            if inputs.head_inputs:
+                grads, per_task_heads = task_gradients_through_head_inputs(
+                    scaled, inputs.head_inputs, shared, heads
+                )
+            else:
+                grads = task_gradient_matrix(scaled, shared)
+            grads = grads / inputs.loss_scale
         ctx = StepContext(
             self.task_names,
             int(inputs.step),
@@ -225,14 +269,19 @@ class GradientCombination(MultiTaskMethod):
         with inputs.phase("combination"):
             combined, logs, head_weights = self.shared_update(grads.float(), ctx)
             assign_flat_grad(combined * inputs.loss_scale, shared)
-        if head_weights is None:
-            head_loss = sum(weighted)
-        else:
-            head_loss = sum(float(w) * f for w, f in zip(head_weights.tolist(), weighted))
-        if heads and isinstance(head_loss, Tensor) and head_loss.requires_grad:
-            with inputs.phase("head gradients"):
-                head_grads = torch.autograd.grad(inputs.scale(head_loss), heads, allow_unused=True)
-            for p, g in zip(heads, head_grads):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
+        factors = [1.0] * len(weighted) if head_weights is None else [float(w) for w in head_weights.tolist()]
+        with inputs.phase("head gradients"):
+            if per_task_heads is not None:
+                for j, p in enumerate(heads):
+                    parts = [f * row[j] for f, row in zip(factors, per_task_heads) if row[j] is not None]
+                    if parts:
+                        g = torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
+                        p.grad = g if p.grad is None else p.grad + g
+            else:
+                head_loss = sum(f * w for f, w in zip(factors, weighted))
+                if heads and isinstance(head_loss, Tensor) and head_loss.requires_grad:
+                    head_grads = torch.autograd.grad(inputs.scale(head_loss), heads, allow_unused=True)
+                    for p, g in zip(heads, head_grads):
+                        if g is not None:
+                            p.grad = g if p.grad is None else p.grad + g
         return {"loss": detach_float(sum(weighted)), **logs}  # type: ignore[arg-type]

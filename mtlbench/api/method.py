@@ -76,6 +76,10 @@ class StepInputs:
     #: ``with inputs.phase("task gradients"): ...`` names a part of the step for ``mtlbench bench``'s
     #: breakdown of where the time goes (a no-op in training).
     phase: Callable[[str], contextlib.AbstractContextManager[None]] = no_phase
+    #: The tensors the heads consumed (views, or float32 copies, of the backbone's feature maps): a
+    #: gradient with respect to them stops at the heads, one pushed from them continues into the
+    #: backbone. Empty where the caller did not run the heads on such cut points.
+    head_inputs: Sequence[Tensor] = ()
     #: ``subset_forward(indices)`` re-runs the heads and losses on those samples of the batch only
     #: (attached to the graph through the slices of the backbone's features) and returns
     #: ``(losses, representations)``; ``None`` where the caller has no model at hand.

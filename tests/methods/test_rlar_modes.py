@@ -114,7 +114,9 @@ def test_subset_penalty_is_unbiased_over_all_subsets(tmp_path) -> None:
     assert max(subsets) - min(subsets) > 1e-4  # the estimate does vary: the check is not vacuous
 
 
-@pytest.mark.parametrize("bad", [{"every": 0}, {"subset": 0}, {"every": 1.5}])
+@pytest.mark.parametrize(
+    "bad", [{"every": 0}, {"subset": 0}, {"every": 1.5}, {"subset": 2, "representation": "mid"}]
+)
 def test_bad_mode_settings_are_named(bad: dict[str, object]) -> None:
     key = next(iter(bad))
     with pytest.raises(ValueError, match=f"Parameter `{key}`"):
