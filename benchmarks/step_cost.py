@@ -41,7 +41,7 @@ def main() -> None:
     )
     parser.add_argument("--config", choices=sorted(CONFIGURATIONS), default="A")
     parser.add_argument("--methods", default=METHODS)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=16, help="a multiple of 4 (rlar:every=4)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--breakdown-rounds", type=int, default=5)
     parser.add_argument("--memory", choices=("subprocess", "inline", "off"), default="subprocess")

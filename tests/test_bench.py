@@ -54,6 +54,7 @@ def test_comparison_times_the_trainers_own_step(tmp_path, monkeypatch) -> None:
     rows = {row["method"]: row for row in record["rows"]}
     assert list(rows) == ["vanilla", "scaled_sum", "rlar:every=2"]
     assert rows["vanilla"]["ratio"] == 1.0 and rows["vanilla"]["ratio_iqr"] == 0.0
+    assert rows["vanilla"]["mean_ratio"] == 1.0 and rows["scaled_sum"]["mean_ratio"] > 0
     for row in rows.values():
         assert row["rounds"] == 3 and row["median_s"] > 0 and row["iqr_s"] >= 0
         assert {"forward", "backward", "optimizer"} <= set(row["phases_s"])

@@ -206,7 +206,8 @@ def test_rlar_interrupted_and_resumed_under_torchrun_matches_uninterrupted_singl
     assert_same_training(tmp_path / "ddp", tmp_path / "single")
 
 
-def test_rlar_on_the_embedded_phantom_matches_single_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["vanilla", "pcgrad", "rlar"])
+def test_the_embedded_phantom_matches_single_process(tmp_path: Path, method: str) -> None:
     """The thyroid phantom (the embedded default data): class-weighted cross-entropy and clinical
     targets with missing values, whose batch-level normalisers differ between the shards."""
     from tests.tiny import tiny_run_overrides
@@ -220,8 +221,8 @@ def test_rlar_on_the_embedded_phantom_matches_single_process(tmp_path: Path) -> 
         }
         return tiny_run_overrides(root, **extra)
 
-    run_experiment(resolve_config(settings(tmp_path / "single"), method="rlar"))
-    torchrun("-m", "mtlbench", "run", "--method", "rlar", *settings(tmp_path / "ddp"), cwd=tmp_path)
+    run_experiment(resolve_config(settings(tmp_path / "single"), method=method))
+    torchrun("-m", "mtlbench", "run", "--method", method, *settings(tmp_path / "ddp"), cwd=tmp_path)
     assert_same_training(tmp_path / "ddp", tmp_path / "single", task="thyroid")
 
 

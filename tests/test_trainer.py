@@ -109,6 +109,30 @@ def test_mixed_precision_on_cpu(tmp_path, amp: str) -> None:
         assert value == value  # not NaN
 
 
+@pytest.mark.parametrize("representation", ["bottleneck", "last"])
+def test_fp16_heads_run_in_float32_for_representation_methods(tmp_path, representation: str) -> None:
+    """Under fp16 RLAR's heads and losses are float32 and the probed level keeps its total derivative:
+    the bottleneck is the heads' float32 input, a shallower level the backbone's own (fp16) tensor."""
+    from mtlbench.bench.harness import build_harness
+
+    settings = {"train.amp": "fp16", "method_args.representation": representation}
+    rlar = build_harness(resolve_config(core_run_overrides(tmp_path, **settings), method="rlar")).trainer
+    output, losses = rlar.forward_losses(
+        rlar_batch := next(iter(rlar._loader(rlar.splits.train, [[0, 1, 2, 3]])))
+    )
+    assert all(f.dtype == torch.float32 for f in output.head_inputs)
+    assert all(v.dtype == torch.float32 for v in losses.values())
+    z = output.representations[representation]
+    assert z.dtype == (torch.float32 if representation == "bottleneck" else torch.float16)
+    assert (z is output.head_inputs[-1]) == (representation == "bottleneck")
+    assert rlar.train_step(rlar_batch) is not None or rlar.precision.loss_scale < 2.0**16
+    plain = build_harness(
+        resolve_config(core_run_overrides(tmp_path, **{"train.amp": "fp16"}), method="vanilla")
+    )
+    out, _ = plain.trainer.forward_losses(plain.batch)
+    assert out.head_inputs[0].dtype == torch.float16  # other methods: autocast everywhere
+
+
 def test_a_task_monitor_can_be_overridden_and_is_checked(tmp_path) -> None:
     cfg = resolve_config(core_run_overrides(tmp_path, **{"train.monitor": "accuracy"}), method="vanilla")
     assert resolve_run(cfg).config.train.monitor == "accuracy"

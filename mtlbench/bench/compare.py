@@ -8,7 +8,9 @@ method is named as in ``mtlbench run`` or with settings, ``rlar:every=4`` or
 Timing: after ``warmup`` steps of each method, ``rounds`` rounds each step every method once in
 turn, so a slow drift of a shared machine hits all methods alike. A row reports the median and
 inter-quartile range of its step's seconds and its ratio to ``vanilla`` *per round* (the median of
-the per-round ratios). Then ``breakdown_rounds`` further rounds time the step's named phases
+the per-round ratios), and the ratio of the means over the same rounds — the figure for a method
+whose steps are not alike (``rlar:every=4``: choose ``rounds`` a multiple of 4). Then
+``breakdown_rounds`` further rounds time the step's named phases
 (``forward``, ``backward``, ``optimizer`` and what the method names inside its backward — see
 ``StepInputs.phase``); they are separate so that the synchronisations they need on CUDA do not
 touch the main figures. Memory: each method in its own process (:mod:`mtlbench.bench.memory`).
@@ -161,11 +163,22 @@ def summarise(
             row["error"] = errors[name]
         if values:
             q1, median, q3 = _quartiles(values)
-            row.update(median_s=median, iqr_s=q3 - q1, rounds=len(values), skipped_steps=skipped.get(name, 0))
+            row.update(
+                median_s=median,
+                iqr_s=q3 - q1,
+                mean_s=statistics.fmean(values),
+                rounds=len(values),
+                skipped_steps=skipped.get(name, 0),
+            )
             if base and len(base) == len(values):
                 ratios = [v / b for v, b in zip(values, base)]
                 r1, ratio, r3 = _quartiles(ratios)
-                row.update(ratio=ratio, ratio_iqr=r3 - r1)
+                # the mean's ratio is the one for a method whose steps differ (RLAR every k steps)
+                row.update(
+                    ratio=ratio,
+                    ratio_iqr=r3 - r1,
+                    mean_ratio=statistics.fmean(values) / statistics.fmean(base),
+                )
         if name in phases:
             row["phases_s"] = phases[name]
         if name in memory:

@@ -29,7 +29,7 @@ def bench_tables(record: dict[str, Any]) -> list[Any]:
         if rec.get("scale"):
             title += f" · {rec['scale']['key']} = {rec['scale']['value']}"
         table = Table(title=title)
-        for column in ("method", "ms", "IQR", "× vanilla", "MiB", "mem × vanilla"):
+        for column in ("method", "ms", "IQR", "× vanilla", "mean × vanilla", "MiB", "mem × vanilla"):
             table.add_column(column, justify="left" if column == "method" else "right", overflow="fold")
         phases = Table(title="where the time goes (ms, median of the breakdown rounds)")
         for column in ("method", "phase", "ms"):
@@ -42,6 +42,7 @@ def bench_tables(record: dict[str, Any]) -> list[Any]:
                 _ms(row.get("median_s")),
                 _ms(row.get("iqr_s")),
                 row.get("error", "–") if "ratio" not in row else f"{row['ratio']:.2f}",
+                "–" if "mean_ratio" not in row else f"{row['mean_ratio']:.2f}",
                 memory.get("error", "–") if peak is None else f"{peak:.0f}",
                 "–" if "memory_ratio" not in row else f"{row['memory_ratio']:.2f}",
             )
@@ -85,9 +86,14 @@ def bench_plot(record: dict[str, Any], path: Path) -> Path | None:
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         names = [r["method"] for r in rows]
         ratios = [r.get("ratio", math.nan) for r in rows]
-        left.bar(names, ratios, yerr=[r.get("ratio_iqr", 0.0) / 2 for r in rows], capsize=3)
+        left.bar(
+            names, ratios, yerr=[r.get("ratio_iqr", 0.0) / 2 for r in rows], capsize=3, label="median, IQR"
+        )
+        means = [r.get("mean_ratio", math.nan) for r in rows]
+        left.plot(names, means, "o", color="black", label="ratio of the means")
         left.axhline(1.0, color="grey", lw=0.8)
-        left.set_ylabel("step time × vanilla (median over rounds, IQR)")
+        left.set_ylabel("step time × vanilla (per round)")
+        left.legend(fontsize=7)
         left.tick_params(axis="x", rotation=45)
         phases = sorted(
             {
@@ -111,7 +117,7 @@ def bench_plot(record: dict[str, Any], path: Path) -> Path | None:
         )
         right.set_ylabel("ms per step (median of the breakdown rounds)")
         right.tick_params(axis="x", rotation=45)
-        right.legend(fontsize=6)
+        right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     machine = records[0]["machine"]
     fig.suptitle(f"mtlbench bench · {machine.get('name')} · commit {records[0].get('commit')}", fontsize=9)
     buffer = io.BytesIO()
