@@ -66,7 +66,7 @@ class ThyroidStep:
             representations=output.representations,
             step=0,
             head_parameters=self.model.head_parameters(),
-            head_inputs=output.head_inputs,
+            head_inputs=output.head_inputs,  # the thyroid heads read nothing else of the encoder
         )
 
     def zero_grad(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,49 @@ def cut_point(feature: Tensor, float32: bool = False) -> Tensor:
     return x.view_as(x)
 
 
+def _graph_reaches(starts: Iterable[Any], stop: Callable[[Any], bool], found: Callable[[Any], bool]) -> bool:
+    """Whether a walk of the autograd graph from ``starts`` (grad_fn nodes), not entering nodes for
+    which ``stop`` holds, meets a node for which ``found`` holds."""
+    seen: set[int] = set()
+    stack = [node for node in starts if node is not None]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if found(node):
+            return True
+        if stop(node):
+            continue
+        stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
+    return False
+
+
+def feeds_other_levels(features: list[Tensor]) -> bool:
+    """Whether another feature map of the backbone is computed from the deepest one (a SegNet's
+    decoder levels are; an encoder's levels are not)."""
+    target = features[-1].grad_fn
+    if target is None or len(features) < 2:
+        return False
+    return _graph_reaches((f.grad_fn for f in features[:-1]), lambda node: False, lambda node: node is target)
+
+
+def heads_read_only_their_inputs(
+    losses: Iterable[Tensor], head_inputs: Sequence[Tensor], shared: Sequence[nn.Parameter]
+) -> bool:
+    """Whether the losses reach the backbone's parameters only through ``head_inputs`` (no head reads
+    a backbone tensor by another way, as MTAN's attention reads SegNet's inner maps): the condition
+    for taking per-task gradients through the heads' inputs."""
+    cut = {id(x.grad_fn) for x in head_inputs if x.grad_fn is not None}
+    params = {id(p) for p in shared}
+
+    def is_shared_leaf(node: Any) -> bool:
+        variable = getattr(node, "variable", None)
+        return variable is not None and id(variable) in params
+
+    return not _graph_reaches((loss.grad_fn for loss in losses), lambda node: id(node) in cut, is_shared_leaf)
+
+
 class MultiTaskModel(nn.Module):
     """A shared backbone with task heads; heads receive the full list of feature maps."""
 
@@ -85,10 +129,13 @@ class MultiTaskModel(nn.Module):
 
     def heads_on_cut_points(self, features: list[Tensor], float32: bool = False) -> ModelOutput:
         """The heads on cut points of ``features`` (:func:`cut_point`), as the trainer runs them:
-        ``head_inputs`` set, representations read from the backbone's own tensors."""
+        ``head_inputs`` set, representations read from the backbone's own tensors — except the
+        deepest level when nothing else in the backbone is computed from it (then its cut point, a
+        float32 tensor under float32 heads, has the same, total, gradient)."""
         head_inputs = [cut_point(f, float32) for f in features]
         heads = self.forward_heads(head_inputs)
-        return ModelOutput([*features[:-1], head_inputs[-1]], heads.outputs, head_inputs)
+        deepest = features[-1] if feeds_other_levels(features) else head_inputs[-1]
+        return ModelOutput([*features[:-1], deepest], heads.outputs, head_inputs)
 
     def forward_heads(self, features: list[Tensor]) -> ModelOutput:
         """The heads on the backbone's feature maps (the trainer may run them in another precision)."""

@@ -26,7 +26,7 @@ from mtlbench import distributed
 from mtlbench.api.method import MultiTaskMethod, StepInputs, no_phase
 from mtlbench.api.task import DataSplits, TaskDefinition
 from mtlbench.config import RunConfig
-from mtlbench.model import ModelOutput, MultiTaskModel
+from mtlbench.model import ModelOutput, MultiTaskModel, heads_read_only_their_inputs
 from mtlbench.optim import build_optimizer, build_scheduler
 from mtlbench.precision import Precision
 from mtlbench.results import RunFolder
@@ -165,6 +165,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, tc)  # stepped once per epoch
         self.state = TrainState()
         self.weights = task.loss_weights()
+        self._cut_points_valid: bool | None = None
         #: ``mtlbench bench`` swaps in a timer that records the step's phases.
         self.phase: Callable[[str], contextlib.AbstractContextManager[None]] = no_phase
         self._diagnostics_time = 0.0
@@ -259,7 +260,7 @@ class Trainer:
             diagnostics=diagnostics,
             parameter_groups=self.model.parameter_groups() if diagnostics else {},
             phase=self.phase,
-            head_inputs=output.head_inputs,
+            head_inputs=output.head_inputs if self._heads_read_only_their_inputs(losses, output) else (),
             subset_forward=lambda indices: self._subset_forward(output, batch, indices),
         )
         with self.phase("backward"):
@@ -279,6 +280,15 @@ class Trainer:
         out = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         out.update(logs)
         return out
+
+    def _heads_read_only_their_inputs(self, losses: dict[str, torch.Tensor], output: ModelOutput) -> bool:
+        """Checked once per trainer (the architecture does not change): whether methods may take
+        per-task gradients through ``head_inputs`` (see :func:`heads_read_only_their_inputs`)."""
+        if self._cut_points_valid is None:
+            self._cut_points_valid = heads_read_only_their_inputs(
+                losses.values(), output.head_inputs, self.model.shared_parameters()
+            )
+        return self._cut_points_valid
 
     def _subset_forward(
         self, output: ModelOutput, batch: dict[str, torch.Tensor], indices: torch.Tensor

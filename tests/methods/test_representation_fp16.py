@@ -81,6 +81,17 @@ def one_step(
     backward outside autocast."""
     with precision.autocast():
         feats = net.encode(batch["image"])
+    return backward_from(net, method, feats, precision, batch)
+
+
+def backward_from(
+    net: NormNet,
+    method: MultiTaskMethod,
+    feats: list[torch.Tensor],
+    precision: Precision,
+    batch: dict[str, torch.Tensor],
+) -> dict[str, float]:
+    """The heads, the losses and the method's backward from the encoder's ``feats``."""
     if precision.heads_in_float32(method.needs.representation_grads):
         feats = [f.float() for f in feats]
     with precision.heads_autocast(method.needs.representation_grads):
@@ -119,17 +130,9 @@ def fp32_heads_reference(
     encoder: everything the method computes, on the same ``z`` as the fp16 step."""
     with torch.autocast("cpu", dtype=torch.float16):
         feats = net.encode(batch["image"])
-    feats = [f.float() for f in feats]
-    losses = losses_of(net.heads(feats), batch)
-    inputs = StepInputs(
-        losses,
-        WEIGHTS,
-        list(net.enc.parameters()),
-        named_representations(feats),
-        step=0,
-        head_parameters=net.head_parameters(),
+    return backward_from(
+        net, method, [f.float() for f in feats], Precision.create(torch.device("cpu"), "none"), batch
     )
-    return method.backward(inputs)
 
 
 METHODS: dict[str, Callable[[], MultiTaskMethod]] = {
