@@ -141,6 +141,7 @@ def test_bench_command_scales_a_setting(tmp_path) -> None:
         (["--methods", "vanilla,nosuch"], "nosuch"),
         (["--scale", "train.batch_size=4"], "at least two values"),
         (["--memory", "sometimes"], "--memory must be"),
+        (["--plot", "/"], "is a folder"),
     ],
 )
 def test_bad_bench_input_is_one_clear_line_and_writes_nothing(
@@ -184,3 +185,13 @@ def test_report_takes_its_cost_columns_from_a_bench_record(tmp_path) -> None:
         app, ["report", "--runs", str(tmp_path / "runs"), "--bench", str(tmp_path / "bad.json")]
     )
     assert bad.exit_code != 0 and "not a `mtlbench bench` record" in bad.output
+
+
+def test_an_output_under_a_file_is_refused_before_measuring(tmp_path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "bench.json"
+    result = runner.invoke(
+        app, ["bench", "--task", "twoshapes", "--out", str(out), *core_run_overrides(tmp_path)]
+    )
+    assert result.exit_code != 0 and "cannot write under" in result.output
+    assert "timing" not in result.output  # refused before the first step

@@ -26,6 +26,22 @@ def parse_scale(text: str | None) -> tuple[str, list[str]] | None:
     return key.strip(), items
 
 
+def check_writable(option: str, path: Path) -> None:
+    """A clear error now if ``path`` could not be written later (its nearest existing folder is not
+    writable, or it names a folder); nothing is created."""
+    import os
+
+    from mtlbench.config import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{option} {str(path)!r} is a folder, not a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"{option} {str(path)!r}: cannot write under {str(folder)!r}")
+
+
 def register_commands(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(
@@ -175,6 +191,13 @@ def _bench(
         value: method_configs(specs, base + ([] if value is None else [f"{scaling[0]}={value}"]), **top)  # type: ignore[index]
         for value in points
     }
+    first = next(iter(configs[points[0]].values()))
+    if out is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(first.output_dir) / "bench" / f"{first.task}-{first.backbone}-{stamp}.json"
+    png = plot if plot is not None else out.with_suffix(".png")
+    for option, path in (("--out", out), ("--plot", png)):
+        check_writable(option, path)  # before minutes of measuring, not after
     say = lambda message: typer.echo(message, err=True)  # noqa: E731
     records = []
     for value, cfgs in configs.items():
@@ -184,11 +207,6 @@ def _bench(
         rec["scale"] = None if value is None else {"key": scaling[0], "value": value}  # type: ignore[index]
         records.append(rec)
     record = records[0] if scaling is None else {**records[0], "scale_key": scaling[0], "points": records}
-    first = next(iter(configs[points[0]].values()))
-    if out is None:
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = Path(first.output_dir) / "bench" / f"{first.task}-{first.backbone}-{stamp}.json"
     atomic.write_json(out, record)
-    png = plot if plot is not None else out.with_suffix(".png")
     written = bench_plot(record, png)
     return record, out, written
