@@ -7,16 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
+from mtlbench.instance_norm import InstanceNorm2d
 
 
 def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """3×3 conv → InstanceNorm → LeakyReLU, twice (per-sample normalisation: no batch mixing)."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, padding=1),
-        nn.InstanceNorm2d(out_ch, affine=True),
+        InstanceNorm2d(out_ch, affine=True),
         nn.LeakyReLU(0.01),
         nn.Conv2d(out_ch, out_ch, 3, padding=1),
-        nn.InstanceNorm2d(out_ch, affine=True),
+        InstanceNorm2d(out_ch, affine=True),
         nn.LeakyReLU(0.01),
     )
 

@@ -431,6 +431,9 @@ def _start(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        # a test suite started as a background job (`cmd &`) has SIGINT ignored, and the child would
+        # inherit that: it gets Ctrl-C's default disposition, as in a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
