@@ -130,6 +130,10 @@ class _InstanceNormBackward(torch.autograd.Function):
         if a is not None:
             grad_g.addcmul_(beta_g, a)
             grad_x.addcmul_(beta_x, a)
+        # The output does not change when x shifts by a constant per group, so ∂/∂x sums to zero
+        # over each group; the terms above cancel to that only up to rounding, and the rest would
+        # reach the previous layer (a conv's bias and, through its input's mean, its weight).
+        grad_x -= grad_x.mean(dims, keepdim=True)
         return grad_g, grad_x, grad_w, None, None, None
 
 

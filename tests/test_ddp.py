@@ -42,6 +42,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 EPOCHS, STEPS, LR = 2, 3, 1e-2
+#: With SGD (lr 0.05, 6 steps) the largest weight difference measured between 2 processes and one
+#: was 2.4e-6 (vanilla, PCGrad, RLAR on the phantom); without the batch normaliser of the
+#: class-weighted loss the runs differ in 46 of 73 metrics.
+SGD_WEIGHT_ATOL = 1e-5
 #: Adam steps of a parameter whose gradient is only rounding noise: √v below this is "no gradient".
 NOISE_GRADIENT = 1e-7
 
@@ -89,7 +93,7 @@ def numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def assert_same_training(ddp: Path, single: Path, task: str = "twoshapes") -> None:
+def assert_same_training(ddp: Path, single: Path, task: str = "twoshapes", sgd: bool = False) -> None:
     a, b = run_dir(ddp, task), run_dir(single, task)
     result_a = json.loads((a / "result.json").read_text())["metrics"]
     result_b = json.loads((b / "result.json").read_text())["metrics"]
@@ -97,7 +101,8 @@ def assert_same_training(ddp: Path, single: Path, task: str = "twoshapes") -> No
     for split in result_b:
         flat_a, flat_b = numbers(result_a[split]), numbers(result_b[split])
         assert flat_a.keys() == flat_b.keys() and flat_b
-        assert flat_a == pytest.approx(flat_b, rel=1e-4, abs=1e-6), split
+        # thyroid's per-feature r² near 0 is a difference of nearly equal sums: absolute 1e-4 there
+        assert flat_a == pytest.approx(flat_b, rel=1e-4, abs=1e-4 if task == "thyroid" else 1e-6), split
     lines_a = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
     lines_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines_a] == [x["epoch"] for x in lines_b] == list(range(1, EPOCHS + 1))
@@ -106,6 +111,10 @@ def assert_same_training(ddp: Path, single: Path, task: str = "twoshapes") -> No
         assert {k: x["train"][k] for k in losses} == pytest.approx(losses, rel=1e-4)
     ckpt_a = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
     ckpt_b = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
+    if sgd:  # every weight moved by lr × its gradient: all of them compared, the same absolute bound
+        for name, value in ckpt_b["model"].items():
+            torch.testing.assert_close(ckpt_a["model"][name], value, rtol=0, atol=SGD_WEIGHT_ATOL, msg=name)
+        return
     names = list(ckpt_b["model"])
     adam = ckpt_b["optimizer"]["state"]
     assert len(adam) >= len(names)  # no buffers in these models: state i is parameter i
@@ -209,21 +218,29 @@ def test_rlar_interrupted_and_resumed_under_torchrun_matches_uninterrupted_singl
 @pytest.mark.parametrize("method", ["vanilla", "pcgrad", "rlar"])
 def test_the_embedded_phantom_matches_single_process(tmp_path: Path, method: str) -> None:
     """The thyroid phantom (the embedded default data): class-weighted cross-entropy and clinical
-    targets with missing values, whose batch-level normalisers differ between the shards."""
+    targets with missing values, whose batch-level normalisers differ between the shards.
+
+    With SGD: Adam divides by √v, which turns the rounding of gradient entries that are nearly zero
+    into steps of size lr, and RLAR's |cos| is not smooth where a cosine crosses zero; on this model
+    two single-process RLAR runs that differ only in their thread count (1 vs 2) end 2e-5 to 1.6e-2
+    apart in some weight after these 6 Adam steps, depending on the seed. SGD moves every weight by
+    lr times its gradient, so the comparison measures the gradients: every weight to
+    ``SGD_WEIGHT_ATOL``, metrics and losses as for ``twoshapes``."""
     from tests.tiny import tiny_run_overrides
 
     def settings(root: Path) -> list[str]:
         extra = {
             "train.epochs": EPOCHS,
             "train.steps_per_epoch": STEPS,
-            "train.lr": LR,
+            "train.lr": 0.05,
+            "train.optimizer": "sgd",
             "train.device": "cpu",
         }
         return tiny_run_overrides(root, **extra)
 
     run_experiment(resolve_config(settings(tmp_path / "single"), method=method))
     torchrun("-m", "mtlbench", "run", "--method", method, *settings(tmp_path / "ddp"), cwd=tmp_path)
-    assert_same_training(tmp_path / "ddp", tmp_path / "single", task="thyroid")
+    assert_same_training(tmp_path / "ddp", tmp_path / "single", task="thyroid", sgd=True)
 
 
 # ---------------------------------------------------------------- collectives, two gloo processes
