@@ -43,20 +43,30 @@ def _per_group(v: Tensor, x: Tensor) -> Tensor:
 
 
 class _InstanceNorm(torch.autograd.Function):
+    # functorch-style (``setup_context``, a generated vmap rule): vmapped backward passes
+    # (``is_grads_batched``, torchjd's Jacobians) go through it as through PyTorch's own norm
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         b = x.shape[0]
         out, mean, invstd = torch.native_batch_norm(
             _groups(x), weight.repeat(b), bias.repeat(b), None, None, True, 0.0, eps
         )
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps = eps
         # not a view of an intermediate (an in-place LeakyReLU follows nnU-Net's norms): what
         # ``reshape`` inside ATen's composite operators returns
-        return torch.ops.aten._unsafe_view(out, x.shape)
+        return torch.ops.aten._unsafe_view(out, x.shape), mean, invstd
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+        x, weight, _, eps = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, invstd = ctx.saved_tensors
         dx, dweight, dbias = _InstanceNormBackward.apply(grad, x, weight, mean, invstd, ctx.eps)
         return dx, dweight, dbias, None
@@ -65,9 +75,11 @@ class _InstanceNorm(torch.autograd.Function):
 class _InstanceNormBackward(torch.autograd.Function):
     """(g, x, γ) → (dx, dγ, dβ) with PyTorch's kernel; its own backward in closed form."""
 
+    generate_vmap_rule = True
+
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, eps: float
+        grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, eps: float
     ) -> tuple[Tensor, Tensor, Tensor]:
         b, c = x.shape[:2]
         dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
@@ -82,8 +94,13 @@ class _InstanceNormBackward(torch.autograd.Function):
             eps,
             [True, True, True],
         )
-        ctx.save_for_backward(grad, x, weight, mean, invstd)
         return torch.ops.aten._unsafe_view(dx, x.shape), dweight.view(b, c).sum(0), dbias.view(b, c).sum(0)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        grad, x, weight, mean, invstd, eps = inputs
+        ctx.save_for_backward(grad, x, weight, mean, invstd)
+        ctx.eps = eps
 
     @staticmethod
     @once_differentiable
@@ -145,4 +162,4 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not self.affine or self.track_running_stats or x.dim() != 4 or x.dtype != self.weight.dtype:
             return super().forward(x)  # also under autocast, where x is half and γ float32
-        return _InstanceNorm.apply(x, self.weight, self.bias, self.eps)
+        return _InstanceNorm.apply(x, self.weight, self.bias, self.eps)[0]

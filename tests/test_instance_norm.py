@@ -32,7 +32,7 @@ def test_gradgradcheck_in_float64() -> None:
 def _apply(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     from mtlbench.instance_norm import _InstanceNorm
 
-    return _InstanceNorm.apply(x, w, b, 1e-5)
+    return _InstanceNorm.apply(x, w, b, 1e-5)[0]
 
 
 @pytest.mark.parametrize("shape", [(8, 16, 64, 64), (4, 32, 16, 16), (2, 3, 7, 5)])
@@ -86,3 +86,21 @@ def test_other_settings_fall_back_to_pytorchs_module() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = half(x.bfloat16())
     assert y.dtype == torch.bfloat16
+
+
+def test_a_vmapped_backward_goes_through_it() -> None:
+    """``is_grads_batched`` (the per-task Jacobian on CUDA, torchjd's ``mtl_backward``) vmaps the
+    backward: the same rows as one backward per cotangent."""
+    _, norm = pair(3, torch.float32)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    y = norm(x)
+    cotangents = torch.randn(4, *y.shape)
+    batched = torch.autograd.grad(
+        y, [x, norm.weight, norm.bias], grad_outputs=cotangents, retain_graph=True, is_grads_batched=True
+    )
+    for i in range(4):
+        rows = torch.autograd.grad(
+            y, [x, norm.weight, norm.bias], grad_outputs=cotangents[i], retain_graph=True
+        )
+        for got, expected in zip(batched, rows):
+            torch.testing.assert_close(got[i], expected)
