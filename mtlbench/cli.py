@@ -12,6 +12,7 @@ from mtlbench.cli_support import (
     EXIT_INTERRUPTED,
     data_formats,
     fail,
+    make_console,
     task_cli_modules,
     user_errors,
 )
@@ -143,18 +144,6 @@ def _relaunch_with_torchrun(  # type: ignore[no-untyped-def]
         raise typer.Exit(code)
 
 
-def _console():  # type: ignore[no-untyped-def]
-    """A console that does not wrap tables at 80 columns when stdout is a file or a pipe."""
-    import os
-
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=160)
-    return console
-
-
 def _interrupted_message(cfg) -> str:  # type: ignore[no-untyped-def]
     from mtlbench.results import RunFolder
 
@@ -184,7 +173,7 @@ def _train_and_report(prepared, restart: bool) -> None:  # type: ignore[no-untyp
     from mtlbench.runner import run_experiment
     from mtlbench.summary import summary_table
 
-    console = _console()
+    console = make_console()
     console.quiet = not distributed.is_main_process()  # torchrun: rank 0 reports for all
     cfg = prepared.config
     console.print(
@@ -255,7 +244,7 @@ def cv(
             err=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    console = _console()
+    console = make_console()
     console.print(cv_table(outcome.summary, task_cls.summary_metrics))
     console.print(f"fold runs: {', '.join(str(o.folder.root) for o in outcome.folds)}")
     console.print(f"summary: {outcome.path}")

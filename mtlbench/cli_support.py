@@ -37,6 +37,18 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     raise typer.Exit(code)
 
 
+def make_console():  # type: ignore[no-untyped-def]
+    """A rich console that does not wrap tables at 80 columns when stdout is a file or a pipe."""
+    import os
+
+    from rich.console import Console
+
+    out = Console()
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(width=160)
+    return out
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad input (one clear line), not a bug (a traceback)."""
     from mtlbench.registry import UnknownNameError

@@ -106,6 +106,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.heads = heads
+        self._deepest_feeds_other_levels: bool | None = None
 
     @property
     def contract(self) -> FeatureContract:
@@ -134,7 +135,12 @@ class MultiTaskModel(nn.Module):
         float32 tensor under float32 heads, has the same, total, gradient)."""
         head_inputs = [cut_point(f, float32) for f in features]
         heads = self.forward_heads(head_inputs)
-        deepest = features[-1] if feeds_other_levels(features) else head_inputs[-1]
+        feeds = self._deepest_feeds_other_levels
+        if feeds is None:
+            feeds = feeds_other_levels(features)
+            if features[-1].grad_fn is not None:  # a recorded graph: the architecture does not change
+                self._deepest_feeds_other_levels = feeds
+        deepest = features[-1] if feeds else head_inputs[-1]
         return ModelOutput([*features[:-1], deepest], heads.outputs, head_inputs)
 
     def forward_heads(self, features: list[Tensor]) -> ModelOutput:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mtlbench.cli_support import EXIT_FAILED, fail, user_errors
+from mtlbench.cli_support import EXIT_FAILED, fail, make_console, user_errors
 
 DEFAULT_METHODS = "vanilla,pcgrad,cagrad,mgda,rlar"
 
@@ -130,18 +130,12 @@ def register_commands(app: typer.Typer) -> None:
             return
         from mtlbench.bench.render import bench_tables
 
-        console = _console()
+        out_console = make_console()
         for table in bench_tables(record):
-            console.print(table)
-        console.print(f"results: {json_path}")
+            out_console.print(table)
+        out_console.print(f"results: {json_path}")
         if png_path is not None:
-            console.print(f"plot: {png_path}")
-
-
-def _console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    return Console()
+            out_console.print(f"plot: {png_path}")
 
 
 def _bench(
