@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,8 +247,3 @@ def run_comparison(
         },
         "rows": summarise(times, errors, phases, mem, skipped),
     }
-
-
-def ratio_text(row: dict[str, Any]) -> str:
-    ratio = row.get("ratio")
-    return "–" if ratio is None or math.isnan(ratio) else f"{ratio:.2f}×"
