@@ -7,16 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
+from mtlbench.conv import Conv2d
 from mtlbench.instance_norm import InstanceNorm2d
 
 
 def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
     """3×3 conv → InstanceNorm → LeakyReLU, twice (per-sample normalisation: no batch mixing)."""
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, 3, padding=1),
+        Conv2d(in_ch, out_ch, 3, padding=1),
         InstanceNorm2d(out_ch, affine=True),
         nn.LeakyReLU(0.01),
-        nn.Conv2d(out_ch, out_ch, 3, padding=1),
+        Conv2d(out_ch, out_ch, 3, padding=1),
         InstanceNorm2d(out_ch, affine=True),
         nn.LeakyReLU(0.01),
     )
@@ -39,7 +40,7 @@ class UNetDecoder(nn.Module):
             width = min(skip_ch, max_width)
             self.stages.append(conv_block(below + skip_ch, width))
             below = width
-        self.out = nn.Conv2d(below, out_channels, 1)
+        self.out = Conv2d(below, out_channels, 1)
 
     def forward(self, features: list[Tensor], output_size: tuple[int, int] | None = None) -> Tensor:
         x = features[-1]

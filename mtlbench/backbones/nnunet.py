@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from mtlbench.backbones.contract import Backbone, FeatureContract, FeatureLevel
 from mtlbench.backbones.pretrained import apply_pretrained
+from mtlbench.conv import Conv2d
 from mtlbench.instance_norm import InstanceNorm2d
 from mtlbench.registry import register_backbone
 
@@ -25,7 +26,7 @@ def nnunet_2d_settings() -> dict[str, Any]:
     (checked by the contract tests).
     """
     return {
-        "conv_op": nn.Conv2d,
+        "conv_op": Conv2d,  # nn.Conv2d with a double backward by convolution kernels
         "conv_bias": True,
         "norm_op": InstanceNorm2d,  # nn.InstanceNorm2d with a closed-form double backward
         "norm_op_kwargs": {"eps": 1e-5, "affine": True},

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from mtlbench.backbones.contract import Backbone, FeatureContract, FeatureLevel
 from mtlbench.backbones.pretrained import apply_pretrained
+from mtlbench.conv import Conv2d
 from mtlbench.instance_norm import InstanceNorm2d
 from mtlbench.registry import register_backbone
 
@@ -15,7 +16,7 @@ def _conv_norm_act(in_channels: int, out_channels: int, stride: int) -> nn.Seque
     # which is only meaningful when no layer mixes the samples of a batch. The conv bias would be
     # removed by the normalisation's mean subtraction, so it is left out.
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
+        Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
         InstanceNorm2d(out_channels, affine=True),
         nn.LeakyReLU(0.01),
     )
