@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
@@ -72,7 +71,12 @@ def _convolution(x: Tensor, weight: Tensor, bias: Tensor | None, geometry: Geome
 
 
 def _convolution_backward(
-    grad: Tensor, x: Tensor, weight: Tensor, bias_sizes: list[int] | None, geometry: Geometry, mask: list[bool]
+    grad: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias_sizes: list[int] | None,
+    geometry: Geometry,
+    mask: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     return torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, *geometry, mask)
 

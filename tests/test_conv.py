@@ -138,7 +138,9 @@ def test_a_vmapped_backward_goes_through_it() -> None:
     y = module(x)
     cotangents = torch.randn(3, *y.shape)
     inputs = [x, *module.parameters()]
-    batched = torch.autograd.grad(y, inputs, grad_outputs=cotangents, retain_graph=True, is_grads_batched=True)
+    batched = torch.autograd.grad(
+        y, inputs, grad_outputs=cotangents, retain_graph=True, is_grads_batched=True
+    )
     for i in range(3):
         rows = torch.autograd.grad(y, inputs, grad_outputs=cotangents[i], retain_graph=True)
         for got, expected in zip(batched, rows, strict=True):
