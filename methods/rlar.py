@@ -323,6 +323,14 @@ class RLAR(MultiTaskMethod):
         order = torch.randperm(batch_size, generator=step_generator(int(self.seed), step))
         return order[: self.params.subset].sort().values
 
+    def subset_for_step(self, step: int, batch_size: int) -> Tensor | None:
+        """With ``subset``: this step's samples, so the trainer runs their heads apart in the forward
+        and their losses cost no second run of the heads."""
+        p = self.params
+        if p.subset is None or p.subset >= batch_size or (p.every > 1 and step % p.every):
+            return None
+        return self.subset_indices(step, batch_size)
+
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         p = self.params
         objective = inputs.weighted_sum()

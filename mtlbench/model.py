@@ -135,13 +135,19 @@ class MultiTaskModel(nn.Module):
         float32 tensor under float32 heads, has the same, total, gradient)."""
         head_inputs = [cut_point(f, float32) for f in features]
         heads = self.forward_heads(head_inputs)
+        deepest = features[-1] if self.deepest_feeds_other_levels(features) else head_inputs[-1]
+        return ModelOutput([*features[:-1], deepest], heads.outputs, head_inputs)
+
+    def deepest_feeds_other_levels(self, features: list[Tensor]) -> bool:
+        """:func:`feeds_other_levels`, decided on the first recorded graph and kept (the
+        architecture does not change). Ask it first with the backbone's own features: slices of
+        them no longer show which level is computed from which."""
         feeds = self._deepest_feeds_other_levels
         if feeds is None:
             feeds = feeds_other_levels(features)
-            if features[-1].grad_fn is not None:  # a recorded graph: the architecture does not change
+            if features[-1].grad_fn is not None:  # a recorded graph
                 self._deepest_feeds_other_levels = feeds
-        deepest = features[-1] if feeds else head_inputs[-1]
-        return ModelOutput([*features[:-1], deepest], heads.outputs, head_inputs)
+        return feeds
 
     def forward_heads(self, features: list[Tensor]) -> ModelOutput:
         """The heads on the backbone's feature maps (the trainer may run them in another precision)."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlbench import distributed
+from mtlbench import batch_parts, distributed
 from mtlbench.api.method import MultiTaskMethod, StepInputs, no_phase
 from mtlbench.api.task import DataSplits, TaskDefinition
 from mtlbench.config import RunConfig
@@ -140,6 +140,10 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
+#: (indices, their losses, their representations): the subset the step's forward ran apart.
+SubsetResult = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]
+
+
 class Trainer:
     def __init__(
         self,
@@ -213,9 +217,30 @@ class Trainer:
         (:meth:`Precision.heads_in_float32`). The heads consume cut points of the features
         (``ModelOutput.head_inputs``).
         """
+        return self._forward(batch, None)[:2]
+
+    def _forward(
+        self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None
+    ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
+        """:meth:`forward_losses`; with ``subset``, the heads run on those samples apart from the
+        rest (:mod:`mtlbench.batch_parts`) and the subset's own losses come back too."""
         with self.precision.autocast():
-            features = self.model.backbone(batch["image"])
-        return self._heads_and_losses(list(features), batch)
+            features = list(self.model.backbone(batch["image"]))
+        if subset is None:
+            return (*self._heads_and_losses(features, batch), None)
+        self.model.deepest_feeds_other_levels(features)  # decided on the whole batch's graph
+        rest = batch_parts.complement(subset, len(batch["image"]))
+        sub_output, sub_losses = self._heads_and_losses(
+            [f[subset] for f in features], batch_parts.take(batch, subset)
+        )
+        representation_grads = self.method.needs.representation_grads
+        float32 = self.precision.heads_in_float32(representation_grads)
+        with self.precision.heads_autocast(representation_grads):
+            rest_output = self.model.heads_on_cut_points([f[rest] for f in features], float32)
+            outputs = batch_parts.merge([sub_output.outputs, rest_output.outputs], [subset, rest])
+            output = ModelOutput(features, outputs)
+            losses = self.task.compute_losses(output, batch)
+        return output, losses, (subset, sub_losses, sub_output.representations)
 
     def _heads_and_losses(
         self, features: list[torch.Tensor], batch: dict[str, torch.Tensor]
@@ -230,8 +255,9 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         """Forward, the method's backward, clipping, optimizer step. ``None`` if fp16 skipped it."""
         self.optimizer.zero_grad(set_to_none=True)
+        subset = self.method.subset_for_step(self.state.global_step, len(batch["image"]))
         with self.phase("forward"):
-            output, losses = self.forward_losses(batch)
+            output, losses, subset_result = self._forward(batch, subset)
         losses = distributed.global_loss_values(losses)  # torchrun: the global batch's values
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         if bad:
@@ -261,7 +287,7 @@ class Trainer:
             parameter_groups=self.model.parameter_groups() if diagnostics else {},
             phase=self.phase,
             head_inputs=output.head_inputs if self._heads_read_only_their_inputs(losses, output) else (),
-            subset_forward=lambda indices: self._subset_forward(output, batch, indices),
+            subset_forward=lambda indices: self._subset_forward(output, batch, indices, subset_result),
         )
         with self.phase("backward"):
             logs = dict(self.method.backward(inputs))
@@ -284,6 +310,8 @@ class Trainer:
     def _heads_read_only_their_inputs(self, losses: dict[str, torch.Tensor], output: ModelOutput) -> bool:
         """Checked once per trainer (the architecture does not change): whether methods may take
         per-task gradients through ``head_inputs`` (see :func:`heads_read_only_their_inputs`)."""
+        if not output.head_inputs:  # the heads ran on parts of the batch: no cut points
+            return False
         if self._cut_points_valid is None:
             self._cut_points_valid = heads_read_only_their_inputs(
                 losses.values(), output.head_inputs, self.model.shared_parameters()
@@ -291,10 +319,17 @@ class Trainer:
         return self._cut_points_valid
 
     def _subset_forward(
-        self, output: ModelOutput, batch: dict[str, torch.Tensor], indices: torch.Tensor
+        self,
+        output: ModelOutput,
+        batch: dict[str, torch.Tensor],
+        indices: torch.Tensor,
+        ran: SubsetResult | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]:
         """The heads and task losses on ``indices`` of the batch only, from the slices of this
-        step's backbone features (so their gradients reach the backbone): ``StepInputs.subset_forward``."""
+        step's backbone features (so their gradients reach the backbone): ``StepInputs.subset_forward``.
+        ``ran`` is the subset the step's forward already ran apart; those indices cost nothing."""
+        if ran is not None and torch.equal(ran[0].to(indices.device), indices):
+            return ran[1], ran[2]
         backbone_features = (
             [*output.features[:-1], output.head_inputs[-1]] if output.head_inputs else output.features
         )

@@ -80,9 +80,11 @@ class StepInputs:
     #: gradient with respect to them stops at the heads, one pushed from them continues into the
     #: backbone. Empty where the caller did not run the heads on such cut points.
     head_inputs: Sequence[Tensor] = ()
-    #: ``subset_forward(indices)`` re-runs the heads and losses on those samples of the batch only
-    #: (attached to the graph through the slices of the backbone's features) and returns
-    #: ``(losses, representations)``; ``None`` where the caller has no model at hand.
+    #: ``subset_forward(indices)`` returns ``(losses, representations)`` of the heads and losses on
+    #: those samples of the batch only, attached to the graph through slices of the backbone's
+    #: features. For the indices the method named in :meth:`MultiTaskMethod.subset_for_step` the
+    #: trainer already ran them in the step's forward (no extra work); others are run on demand.
+    #: ``None`` where the caller has no model at hand.
     subset_forward: SubsetForward | None = None
 
     def representation(self, name: str) -> Tensor | list[Tensor]:
@@ -122,6 +124,16 @@ class MultiTaskMethod(nn.Module):
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         """Fill ``.grad`` of the parameters for this step; return diagnostics (floats)."""
         raise NotImplementedError
+
+    def subset_for_step(self, step: int, batch_size: int) -> Tensor | None:
+        """The samples (sorted indices) whose losses :meth:`backward` will ask for through
+        ``StepInputs.subset_forward`` at ``step``, or ``None`` (the default).
+
+        Called before the forward: the trainer then runs the heads on those samples apart from the
+        rest and puts the outputs back together for the whole batch's losses, so the subset's
+        losses come with the forward instead of a second run of the heads.
+        """
+        return None
 
     def after_step(self, recompute_losses: Callable[[], dict[str, Tensor]]) -> dict[str, float]:
         """Called after the optimizer step when ``needs.extra_forward``; ``recompute_losses()``
