@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
 from mtlbench.heads import UNetDecoder
 
+SegDecoder = Literal["bilinear", "nnunet"]
+SEG_DECODERS: tuple[SegDecoder, ...] = ("bilinear", "nnunet")
+
 
 class SegmentationHead(nn.Module):
-    """Nodule mask logits (B, 1, H, W) at the input resolution."""
+    """Nodule mask logits (B, 1, H, W) at the input resolution.
 
-    def __init__(self, contract: FeatureContract) -> None:
+    ``decoder="nnunet"`` is nnU-Net v2's decoder (transposed-conv upsampling), into which a
+    pretrained nnU-Net checkpoint loads whole; ``"bilinear"`` upsamples without parameters.
+    """
+
+    def __init__(self, contract: FeatureContract, decoder: SegDecoder = "bilinear") -> None:
         super().__init__()
-        self.decoder = UNetDecoder(contract, out_channels=1)
+        upsampling = "transposed" if decoder == "nnunet" else "bilinear"
+        self.decoder = UNetDecoder(contract, out_channels=1, upsampling=upsampling)
         self.finest_stride = contract.strides()[0]
 
     def forward(self, features: list[Tensor]) -> Tensor:

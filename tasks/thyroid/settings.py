@@ -54,8 +54,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "backbone": "nnunet_plain",
         "data": {"image_size": 512, "num_train": 2000, "num_val": 400, "num_test": 400, "augment": True},
-        # L_clin as Eq. 3 writes it: the squared L2 norm, a sum over the 13 features
-        "task_args": {"clin_reduction": "sum"},
+        # L_clin as Eq. 3 writes it: the squared L2 norm, a sum over the 13 features; the paper fine-tunes
+        # a pretrained nnU-Net, so its segmentation decoder is nnU-Net's
+        "task_args": {"clin_reduction": "sum", "seg_decoder": "nnunet"},
         "train": {
             "epochs": 500,
             "steps_per_epoch": 250,

@@ -20,7 +20,7 @@ from .annotators import AnnotatorConfig
 from .augment import AugmentConfig, training_augmentation
 from .dataset import ThyroidArrays, radiomics_statistics, standardise
 from .evaluator import CLASS_NAMES, ThyroidEvaluator
-from .heads import ClinicallyGuidedClassifier, SegmentationHead
+from .heads import SEG_DECODERS, ClinicallyGuidedClassifier, SegDecoder, SegmentationHead
 from .radiomics import FEATURE_NAMES
 from .settings import DATA_FORMATS, PRESETS, ThyroidData
 
@@ -43,6 +43,9 @@ class ThyroidParams:
     #: or ``mean`` over the 13 features (= the sum / 13: λ_clin divided by 13). ``mean`` stays the
     #: default of the other presets: with ``sum`` the quick preset's validation F1 fell from 0.450 to 0.394.
     clin_reduction: Literal["sum", "mean"] = "mean"
+    #: The segmentation decoder: ``bilinear`` upsampling (no parameters), or ``nnunet``, nnU-Net v2's
+    #: decoder (transposed convolutions; a pretrained nnU-Net checkpoint then loads into all of it).
+    seg_decoder: SegDecoder = "bilinear"
     class_weighting: bool = True
     classifier_hidden: int = 128
     dropout: float = 0.0
@@ -55,6 +58,10 @@ class ThyroidParams:
         if unknown or not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError(
                 f"task_args.tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}"
+            )
+        if self.seg_decoder not in SEG_DECODERS:
+            raise ValueError(
+                f"task_args.seg_decoder must be one of {list(SEG_DECODERS)}, got {self.seg_decoder!r}"
             )
         for key in ("lambda_seg", "lambda_cls", "lambda_clin", "dropout"):
             value = getattr(self, key)
@@ -268,7 +275,7 @@ class ThyroidTask(TaskDefinition):
         p = self.params
         heads = nn.ModuleDict()
         if "seg" in p.tasks:
-            heads["seg"] = SegmentationHead(contract)
+            heads["seg"] = SegmentationHead(contract, decoder=p.seg_decoder)
         if "cls" in p.tasks:
             heads["cls"] = ClinicallyGuidedClassifier(
                 contract,
