@@ -11,25 +11,29 @@ Matching rules (every checkpoint tensor ends in exactly one of encoder / decoder
   ``nnunet_residual`` keep the same encoder class under ``.encoder``, so names agree one to one.
   ``decoder.encoder.<name>`` is the same tensor again (the nnU-Net decoder holds a reference to its
   encoder) and is matched to the same model tensor.
-* **Decoder** (into the segmentation head's ``UNetDecoder``, a different design: bilinear upsampling,
-  concatenation, two conv blocks per stage, one output). Stages are paired by the encoder skip they
-  merge, counted from the finest: with equal stage counts nnU-Net ``decoder.stages.s`` pairs with our
-  ``decoder.stages.s`` (both deepest first), and with fewer stages here nnU-Net's deepest decoder
-  stages have no counterpart. Inside a stage the ``j``-th
-  convolution and the ``j``-th normalisation of nnU-Net's ``convs.j`` with the ``j``-th ``Conv2d`` and
-  ``j``-th ``InstanceNorm2d`` of ours (``all_modules.0`` is the same conv again, a later
-  ``all_modules.i`` with parameters the same norm). The last ``seg_layers`` entry (full resolution)
-  pairs with our ``decoder.out``: copied when the shapes agree, or, for a two-class softmax output
-  (background, foreground) and our single logit, converted to ``w_fg - w_bg`` and ``b_fg - b_bg``,
-  which gives the same foreground probability. ``transpconvs`` (we upsample without parameters) and
-  the coarser ``seg_layers`` (deep supervision; we have one output) have no counterpart.
+* **Decoder** (into the segmentation head's ``UNetDecoder``). Stages are paired by the encoder skip
+  they merge, counted from the finest: with equal stage counts nnU-Net ``decoder.stages.s`` pairs with
+  our ``decoder.stages.s`` (both deepest first), and with fewer stages here nnU-Net's deepest decoder
+  stages have no counterpart. Inside a stage the ``j``-th convolution and the ``j``-th normalisation
+  of nnU-Net's ``convs.j`` pair with the ``j``-th ``Conv2d`` and ``j``-th ``InstanceNorm2d`` of ours
+  (``all_modules.0`` is the same conv again, a later ``all_modules.i`` with parameters the same
+  norm). ``decoder.transpconvs.s`` pairs with our ``decoder.transpconvs.s`` under the same stage
+  pairing when our decoder has them (``upsampling="transposed"``, nnU-Net's design; the thyroid's
+  ``task_args.seg_decoder=nnunet``); with bilinear upsampling (no parameters) they have no
+  counterpart. The last ``seg_layers`` entry (full resolution) pairs with our ``decoder.out``:
+  copied when the shapes agree, or, for a two-class softmax output (background, foreground) and our
+  single logit, converted to ``w_fg - w_bg`` and ``b_fg - b_bg``, which gives the same foreground
+  probability. The coarser ``seg_layers`` (deep supervision; we have one output) have no
+  counterpart.
 * **Whole modules only.** A pair loads only if every tensor of the model module (a conv's weight and
   bias, a norm's weight and bias) has the checkpoint's shape; otherwise all of them are reported as a
   shape mismatch, so a bias is never loaded without its weight.
 
-The first conv of each of our decoder stages reads ``below + skip`` channels where nnU-Net's reads
-``2 * skip`` (transposed-conv output + skip), so it normally stays at initialisation while the
-stage's norms and second conv load.
+With the transposed decoder and the checkpoint's stages and features, every encoder and decoder
+tensor loads except the coarser ``seg_layers``, and the head's logit is nnU-Net's foreground minus
+background logit. With the bilinear decoder the first conv of each stage reads ``below + skip``
+channels where nnU-Net's reads ``2 * skip`` (transposed-conv output + skip), so it normally stays at
+initialisation while the stage's norms and second conv load.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ UnmatchedKind = Literal["no counterpart", "shape mismatch", "conflict"]
 
 _DECODER_BLOCK = re.compile(r"decoder\.stages\.(\d+)\.convs\.(\d+)\.(conv|norm|all_modules\.(\d+))\.(\w+)")
 _SEG_LAYER = re.compile(r"decoder\.seg_layers\.(\d+)\.(weight|bias)")
+_TRANSPCONV = re.compile(r"decoder\.transpconvs\.(\d+)\.(weight|bias)")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
@@ -205,6 +210,9 @@ def load_nnunet_checkpoint(
     head_state = head.state_dict() if head is not None else {}
     stage_layers, out_layer = _decoder_layers(head) if head is not None else ([], None)
     region_based = _is_region_based(extra)
+    upsamples_by_transpconv = head is not None and isinstance(
+        getattr(getattr(head, "decoder", None), "transpconvs", None), nn.ModuleList
+    )
     n_seg_layers = sum(1 for k in weights if _SEG_LAYER.fullmatch(k) and k.endswith(".weight"))
     # Stages pair by the skip they merge: with fewer stages here, nnU-Net's deepest stages have no partner.
     nnunet_stages = {m[1] for k in weights if (m := _DECODER_BLOCK.fullmatch(k))}
@@ -271,8 +279,14 @@ def load_nnunet_checkpoint(
                 propose_decoder(key, local, tensor, "two-class softmax converted to the foreground logit")
             else:
                 propose_decoder(key, local, tensor)
-        elif key.startswith("decoder.transpconvs."):
-            reasons[key] = (NO_COUNTERPART, "our decoder upsamples bilinearly, without parameters")
+        elif transpconv := _TRANSPCONV.fullmatch(key):
+            s, param = int(transpconv[1]), transpconv[2]
+            if not upsamples_by_transpconv:
+                reasons[key] = (NO_COUNTERPART, "our decoder upsamples bilinearly, without parameters")
+            elif not 0 <= s - level_offset < len(stage_layers):
+                reasons[key] = (NO_COUNTERPART, f"our decoder has no stage at the level of its stage {s}")
+            else:
+                propose_decoder(key, f"decoder.transpconvs.{s - level_offset}.{param}", tensor)
         else:
             reasons[key] = (NO_COUNTERPART, "not a tensor of nnU-Net's UNetDecoder layout")
 

@@ -70,10 +70,11 @@ def save_checkpoint(network: nn.Module, path: Path, **extra: Any) -> Path:
     return path
 
 
-def thyroid_model(seed: int = 1) -> MultiTaskModel:
+def thyroid_model(seed: int = 1, seg_decoder: str = "bilinear", **backbone_options: Any) -> MultiTaskModel:
     torch.manual_seed(seed)
-    backbone = nnunet_plain(**OPTIONS)
-    task = ThyroidTask(ThyroidParams(embedding_dim=24, classifier_hidden=16), ThyroidData(), 0, cache_dir=".")
+    backbone = nnunet_plain(**(backbone_options or OPTIONS))
+    params = ThyroidParams(embedding_dim=24, classifier_hidden=16, seg_decoder=seg_decoder)  # type: ignore[arg-type]
+    task = ThyroidTask(params, ThyroidData(), 0, cache_dir=".")
     return MultiTaskModel(backbone, task.build_heads(backbone.contract)).eval()
 
 
@@ -151,6 +152,81 @@ def test_two_class_output_becomes_the_same_foreground_probability(loaded) -> Non
         softmax_fg = network.decoder.seg_layers[-1](skip).softmax(1)[:, 1:2]
         sigmoid_fg = model.heads["seg"].decoder.out(skip).sigmoid()
     assert torch.allclose(softmax_fg, sigmoid_fg, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def loaded_into_nnunet_decoder(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[nn.Module, MultiTaskModel, NnUNetLoadReport]:
+    network = nnunet_network()
+    path = save_checkpoint(network, tmp_path_factory.mktemp("nnunet") / "checkpoint_final.pth")
+    model = thyroid_model(seg_decoder="nnunet")
+    return network, model, load_nnunet_checkpoint(model, path, "seg")
+
+
+def test_the_nnunet_decoder_loads_everything_but_the_deep_supervision_outputs(
+    loaded_into_nnunet_decoder,
+) -> None:  # type: ignore[no-untyped-def]
+    network, model, report = loaded_into_nnunet_decoder
+    coarse = {f"decoder.seg_layers.{i}.{param}" for i in (0, 1) for param in ("weight", "bias")}
+    assert {u.checkpoint: u.kind for u in report.unmatched} == dict.fromkeys(coarse, NO_COUNTERPART)
+    assert report.accounted == report.total == len(network.state_dict())
+    assert all(name.startswith("heads.cls.") for name in report.initialised)
+    pairs = {m.checkpoint: m.model for m in report.decoder}
+    seg = "heads.seg.decoder"
+    for s in range(3):
+        assert pairs[f"decoder.transpconvs.{s}.weight"] == f"{seg}.transpconvs.{s}.weight"
+        assert pairs[f"decoder.transpconvs.{s}.bias"] == f"{seg}.transpconvs.{s}.bias"
+        assert pairs[f"decoder.stages.{s}.convs.0.conv.weight"] == f"{seg}.stages.{s}.0.weight"
+    state, source = model.state_dict(), network.state_dict()
+    for m in report.decoder:
+        if "seg_layers" not in m.checkpoint:
+            assert torch.equal(state[m.model], source[m.checkpoint]), m.checkpoint
+
+
+def test_the_nnunet_decoder_gives_nnunets_foreground_minus_background_logit(
+    loaded_into_nnunet_decoder,
+) -> None:  # type: ignore[no-untyped-def]
+    network, model, _ = loaded_into_nnunet_decoder
+    assert not network.decoder.deep_supervision and not network.training and not model.training
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = network(x)  # (B, 2, H, W): background, foreground
+        ours = model.heads["seg"](model.backbone(x))
+    assert expected.shape == (2, 2, 32, 32) and ours.shape == (2, 1, 32, 32)
+    torch.testing.assert_close(ours, expected[:, 1:2] - expected[:, 0:1], atol=1e-5, rtol=0)
+
+
+def test_our_encoder_and_decoder_normalise_and_activate_as_nnunet(loaded_into_nnunet_decoder) -> None:  # type: ignore[no-untyped-def]
+    network, model, _ = loaded_into_nnunet_decoder
+
+    def norms(module: nn.Module) -> list[tuple[int, float, bool, bool]]:
+        return [
+            (m.num_features, m.eps, m.affine, m.track_running_stats)
+            for m in module.modules()
+            if isinstance(m, nn.InstanceNorm2d)
+        ]
+
+    def slopes(module: nn.Module) -> list[float]:
+        return [m.negative_slope for m in module.modules() if isinstance(m, nn.LeakyReLU)]
+
+    ours_encoder, nn_encoder = norms(model.backbone), norms(network.encoder)
+    assert ours_encoder == nn_encoder and {n[1:] for n in nn_encoder} == {(1e-5, True, False)}
+    assert norms(model.heads["seg"]) == norms(network.decoder.stages)
+    assert slopes(model.heads["seg"]) == slopes(network.decoder.stages)
+    assert set(slopes(model.backbone)) == {0.01}
+
+
+def test_fewer_stages_pair_the_transpconvs_by_the_skip_they_feed(tmp_path: Path) -> None:
+    path = save_checkpoint(nnunet_network(), tmp_path / "checkpoint_final.pth")
+    model = thyroid_model(seg_decoder="nnunet", n_stages=3, features_per_stage=(8, 16, 32))
+    report = load_nnunet_checkpoint(model, path, "seg")
+    unmatched = {u.checkpoint: u for u in report.unmatched}
+    assert unmatched["decoder.transpconvs.0.weight"].kind == NO_COUNTERPART
+    pairs = {m.checkpoint: m.model for m in report.decoder}
+    assert pairs["decoder.transpconvs.2.weight"] == "heads.seg.decoder.transpconvs.1.weight"
+    assert pairs["decoder.transpconvs.1.bias"] == "heads.seg.decoder.transpconvs.0.bias"
+    assert report.accounted == report.total
 
 
 def test_region_based_outputs_are_not_converted(tmp_path: Path) -> None:
