@@ -1,0 +1,63 @@
+"""RLAR and Rep-MTL with the heads' own second-order kernels equal the straightforward version.
+
+The model's convolutions and instance norms are :mod:`mtlbench.conv` and
+:mod:`mtlbench.instance_norm` modules, whose double backward is written out (the fast, exact
+implementation ``--method rlar`` runs). Turned back into PyTorch's own classes (the same
+parameters), the step is the straightforward reverse-over-reverse one: the penalty and every
+parameter's gradient must agree to float32 rounding (1e-6 of the largest gradient entry).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mtlbench.bench.harness import build_harness
+from mtlbench.config import resolve_config
+from mtlbench.conv import Conv2d, ConvTranspose2d
+from mtlbench.instance_norm import InstanceNorm2d
+
+PYTORCH_CLASS = {Conv2d: nn.Conv2d, ConvTranspose2d: nn.ConvTranspose2d, InstanceNorm2d: nn.InstanceNorm2d}
+
+
+def step_gradients(
+    method: str, tmp_path, straightforward: bool
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    overrides = [
+        f"output_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.progress=false",
+        "train.lr=0.0",
+        "backbone_args.n_stages=3",
+        "backbone_args.features_per_stage=[4,8,16]",
+        "method_args.lambda_adv=1.0" if method == "rlar" else "method_args.lambda_tsr=0.5",
+    ]
+    config = resolve_config(overrides, task="thyroid", method=method, backbone="nnunet_plain", preset="smoke")
+    torch.manual_seed(0)
+    h = build_harness(config)
+    swapped = 0
+    if straightforward:
+        for module in h.trainer.model.modules():
+            if type(module) in PYTORCH_CLASS:
+                module.__class__ = PYTORCH_CLASS[type(module)]
+                swapped += 1
+        assert swapped > 10  # encoder and decoder convolutions and norms
+    logs = h.trainer.train_step(h.batch)
+    assert logs is not None
+    grads = {n: p.grad.detach().clone() for n, p in h.trainer.model.named_parameters() if p.grad is not None}
+    return logs, grads
+
+
+@pytest.mark.parametrize("method", ["rlar", "rep_mtl"])
+def test_fast_kernels_equal_the_straightforward_step(method: str, tmp_path) -> None:
+    fast_logs, fast = step_gradients(method, tmp_path, straightforward=False)
+    ref_logs, ref = step_gradients(method, tmp_path, straightforward=True)
+    penalties = ["rlar_penalty"] if method == "rlar" else ["rep_mtl/tsr", "rep_mtl/csa"]
+    for key in ("loss", *penalties):
+        assert fast_logs[key] == pytest.approx(ref_logs[key], rel=1e-6), key
+    assert all(ref_logs[key] > 1e-3 for key in penalties)  # a penalty that is there
+    assert fast.keys() == ref.keys()
+    scale = max(float(g.abs().max()) for g in ref.values())
+    for name, g in ref.items():
+        torch.testing.assert_close(fast[name], g, rtol=1e-5, atol=1e-6 * scale, msg=name)
