@@ -68,7 +68,7 @@ class _InstanceNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight, mean, invstd = ctx.saved_tensors
-        dx, dweight, dbias = _InstanceNormBackward.apply(grad, x, weight, mean, invstd, ctx.eps)
+        dx, dweight, dbias, _, _ = _InstanceNormBackward.apply(grad, x, weight, mean, invstd, ctx.eps)
         return dx, dweight, dbias, None
 
 
@@ -80,7 +80,7 @@ class _InstanceNormBackward(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, eps: float
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, c = x.shape[:2]
         dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
             _groups(grad.contiguous()),
@@ -94,28 +94,37 @@ class _InstanceNormBackward(torch.autograd.Function):
             eps,
             [True, True, True],
         )
-        return torch.ops.aten._unsafe_view(dx, x.shape), dweight.view(b, c).sum(0), dbias.view(b, c).sum(0)
+        # per (sample, channel) group: Σ g x̂ and Σ g, which the double backward needs too
+        return (
+            torch.ops.aten._unsafe_view(dx, x.shape),
+            dweight.view(b, c).sum(0),
+            dbias.view(b, c).sum(0),
+            dweight,
+            dbias,
+        )
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         grad, x, weight, mean, invstd, eps = inputs
-        ctx.save_for_backward(grad, x, weight, mean, invstd)
+        ctx.mark_non_differentiable(output[3], output[4])
+        ctx.save_for_backward(grad, x, weight, mean, invstd, output[3], output[4])
         ctx.eps = eps
 
     @staticmethod
     @once_differentiable
     def backward(  # type: ignore[override]
-        ctx: Any, a: Tensor | None, a_weight: Tensor | None, a_bias: Tensor | None
+        ctx: Any, a: Tensor | None, a_weight: Tensor | None, a_bias: Tensor | None, *_: Any
     ) -> tuple[Tensor | None, ...]:
-        g, x, weight, mean, invstd = ctx.saved_tensors
+        g, x, weight, mean, invstd, sum_gx, sum_g = ctx.saved_tensors
         c = x.shape[1]
         dims = tuple(range(2, x.dim()))
         n = x[0, 0].numel()
         s = _per_group(invstd, x)
         gs = weight.view(1, c, *([1] * (x.dim() - 2))) * s  # γ·s per group
-        xhat = (x - _per_group(mean, x)) * s
-        g_mean = g.mean(dims, keepdim=True)
-        m = (g * xhat).mean(dims, keepdim=True)
+        # Large temporaries cost page faults on the CPU: results are built in place where possible.
+        xhat = (x - _per_group(mean, x)).mul_(s)
+        g_mean = _per_group(sum_g, x) / n  # the first backward's per-group sums
+        m = _per_group(sum_gx, x) / n
         # Both results are α·g + β·A + κ·x̂ + δ with per-group coefficients (one pass each term).
         zero = torch.zeros_like(s)
         alpha_x, beta_x, kappa_x, delta_x = zero, zero, zero, zero
@@ -123,8 +132,8 @@ class _InstanceNormBackward(torch.autograd.Function):
         grad_w = torch.zeros_like(weight)
         if a is not None:
             a_mean = a.mean(dims, keepdim=True)
-            a_hat = (a * xhat).mean(dims, keepdim=True)
-            k = (a * g).mean(dims, keepdim=True) - a_mean * g_mean
+            a_hat = _group_dot(a, xhat) / n
+            k = _group_dot(a, g) / n - a_mean * g_mean
             beta_g = gs
             kappa_g = -gs * a_hat
             delta_g = -gs * a_mean
@@ -141,17 +150,22 @@ class _InstanceNormBackward(torch.autograd.Function):
             delta_x = delta_x - s * a_gamma * g_mean
         if a_bias is not None:
             delta_g = delta_g + a_bias.view(1, c, *([1] * (x.dim() - 2)))
-        grad_g = kappa_g * xhat + delta_g
-        grad_x = kappa_x * xhat + delta_x
-        grad_x.addcmul_(alpha_x, g)
+        grad_g = (xhat * kappa_g).add_(delta_g)
+        grad_x = xhat.mul_(kappa_x).add_(delta_x)  # x̂ is not needed after this
+        grad_x.addcmul_(g, alpha_x)
         if a is not None:
-            grad_g.addcmul_(beta_g, a)
-            grad_x.addcmul_(beta_x, a)
+            grad_g.addcmul_(a, beta_g)
+            grad_x.addcmul_(a, beta_x)
         # The output does not change when x shifts by a constant per group, so ∂/∂x sums to zero
         # over each group; the terms above cancel to that only up to rounding, and the rest would
         # reach the previous layer (a conv's bias and, through its input's mean, its weight).
         grad_x -= grad_x.mean(dims, keepdim=True)
         return grad_g, grad_x, grad_w, None, None, None
+
+
+def _group_dot(u: Tensor, v: Tensor) -> Tensor:
+    """Σ u·v over each (sample, channel) group, as a (B, C, 1, …) tensor."""
+    return torch.linalg.vecdot(u.flatten(2), v.flatten(2)).view(*u.shape[:2], *([1] * (u.dim() - 2)))
 
 
 class InstanceNorm2d(nn.InstanceNorm2d):
