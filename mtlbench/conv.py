@@ -24,6 +24,7 @@ query is missing, every gradient that requires grad is computed (slower, still e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -163,9 +164,8 @@ def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 
-def _convolve(module: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, geometry: Geometry) -> Tensor:
-    """``module``'s convolution of ``x`` through :class:`_Convolution` (autocast as PyTorch's)."""
-    weight, bias = module.weight, module.bias
+def _convolve(x: Tensor, weight: Tensor, bias: Tensor | None, geometry: Geometry) -> Tensor:
+    """A convolution through :class:`_Convolution` (under autocast, cast as PyTorch's)."""
     device = x.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
@@ -184,15 +184,49 @@ class Conv2d(nn.Conv2d):
     autocast does for a convolution."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if (
-            self.padding_mode != "zeros"
-            or isinstance(self.padding, str)
-            or x.dim() != 4
-            or (x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type))
-        ):
+        if not self._own_kernels(x):
             return super().forward(x)
-        geometry = (_pair(self.stride), _pair(self.padding), _pair(self.dilation), False, [0, 0], self.groups)
-        return _convolve(self, x, geometry)
+        return _convolve(x, self.weight, self.bias, self._geometry())
+
+    def _own_kernels(self, x: Tensor) -> bool:
+        return (
+            self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and x.dim() == 4
+            and (x.dtype == self.weight.dtype or torch.is_autocast_enabled(x.device.type))
+        )
+
+    def _geometry(self) -> Geometry:
+        return (_pair(self.stride), _pair(self.padding), _pair(self.dilation), False, [0, 0], self.groups)
+
+    def forward_concatenated(self, parts: Sequence[Tensor]) -> Tensor:
+        """``self(torch.cat(parts, dim=1))`` as the sum of each part's convolution with its slice of
+        the weight's input channels (the bias added once).
+
+        The same function, without the concatenated copy; and a gradient taken with respect to one
+        part (RLAR's ``∇_z L`` reaches a decoder's upsampled path, not its skip) runs through that
+        part's convolution only, where the concatenation's would compute the input gradient of
+        every channel and, differentiated again, drag zeros through the others.
+        """
+        parts = list(parts)
+        if self.groups != 1 or len(parts) < 2 or not all(self._own_kernels(p) for p in parts):
+            return self(torch.cat(parts, dim=1))
+        widths = [p.shape[1] for p in parts]
+        if sum(widths) != self.in_channels:
+            raise ValueError(
+                f"the parts have {widths} channels, {sum(widths)} in all; this convolution reads "
+                f"{self.in_channels}"
+            )
+        geometry = self._geometry()
+        out: Tensor | None = None
+        start = 0
+        for i, (part, width) in enumerate(zip(parts, widths, strict=True)):
+            bias = self.bias if i == len(parts) - 1 else None
+            y = _convolve(part, self.weight[:, start : start + width], bias, geometry)
+            out = y if out is None else out.add_(y)  # a convolution's backward does not read its output
+            start += width
+        assert out is not None
+        return out
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -215,4 +249,12 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             _pair(self.output_padding),
             self.groups,
         )
-        return _convolve(self, x, geometry)
+        return _convolve(x, self.weight, self.bias, geometry)
+
+
+def convolve_concatenation(conv: nn.Conv2d, parts: Sequence[Tensor]) -> Tensor:
+    """``conv(torch.cat(parts, dim=1))``: by :meth:`Conv2d.forward_concatenated` for ours, by the
+    concatenation for any other convolution module."""
+    if isinstance(conv, Conv2d):
+        return conv.forward_concatenated(parts)
+    return conv(torch.cat(list(parts), dim=1))

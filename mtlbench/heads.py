@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlbench.backbones.contract import FeatureContract
-from mtlbench.conv import Conv2d, ConvTranspose2d
+from mtlbench.conv import Conv2d, ConvTranspose2d, convolve_concatenation
 from mtlbench.instance_norm import InstanceNorm2d
 
 Upsampling = Literal["bilinear", "transposed"]
@@ -100,7 +99,11 @@ class UNetDecoder(nn.Module):
     def forward(self, features: list[Tensor], output_size: tuple[int, int] | None = None) -> Tensor:
         x = features[-1]
         for s, (stage, skip) in enumerate(zip(self.stages, reversed(features[:-1]))):
-            x = stage(torch.cat([self.upsample(x, s, skip), skip], dim=1))
+            # = stage(cat([up, skip])), without the copy; a gradient to the bottleneck runs
+            # through the upsampled path's part of the first convolution only (Conv2d docs)
+            x = convolve_concatenation(stage[0], [self.upsample(x, s, skip), skip])
+            for layer in stage[1:]:
+                x = layer(x)
         logits = self.out(x)
         if output_size is not None and tuple(logits.shape[-2:]) != tuple(output_size):
             logits = F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)

@@ -171,3 +171,41 @@ def test_other_settings_fall_back_to_pytorchs_module() -> None:
     assert up(x, output_size=[11, 11]).shape[-2:] == (11, 11)
     with pytest.raises(RuntimeError):  # PyTorch's own dtype error
         Conv2d(2, 3, 3)(x.double())
+
+
+def test_a_convolution_of_a_concatenation_by_parts() -> None:
+    """Σ of the parts' convolutions equals the convolution of the concatenation, to rounding, in value,
+    first and second order; ∇ of one part runs through that part's convolution only."""
+    reference, ours = pair(nn.Conv2d, Conv2d, {"kernel_size": 3, "padding": 1}, torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    up0, skip0 = (torch.randn(2, c, 7, 6, dtype=torch.float64, generator=gen) for c in (4, 2))
+    results = []
+    for concatenated in (True, False):
+        up, skip = up0.clone().requires_grad_(True), skip0.clone().requires_grad_(True)
+        z = torch.tanh(up)
+        parts = [z, skip]
+        y = reference(torch.cat(parts, 1)) if concatenated else ours.forward_concatenated(parts)
+        loss = torch.sin(y).square().mean()
+        (gz,) = torch.autograd.grad(loss, z, create_graph=True)
+        module = reference if concatenated else ours
+        grads = torch.autograd.grad(gz.square().sum() + loss, [up, skip, *module.parameters()])
+        results.append((y.detach(), gz.detach(), *grads))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="in all; this convolution reads 6"):
+        ours.forward_concatenated([up0, up0])
+
+
+def test_the_gradient_of_one_part_computes_that_parts_input_gradient_only(monkeypatch) -> None:
+    module = Conv2d(6, 4, 3, padding=1)
+    up = torch.randn(2, 4, 5, 5, requires_grad=True)
+    skip = torch.randn(2, 2, 5, 5, requires_grad=True)
+    z = up * 1.0
+    loss = module.forward_concatenated([z, skip]).square().mean()
+    calls: list[tuple[int, list[bool]]] = []
+    original = conv._convolution_backward
+    monkeypatch.setattr(
+        conv, "_convolution_backward", lambda *a: calls.append((a[1].shape[1], list(a[-1]))) or original(*a)
+    )
+    torch.autograd.grad(loss, z)
+    assert calls == [(4, [True, False, False])]  # the 4 upsampled channels, not the skip's 2
