@@ -7,6 +7,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlbench.activation import LeakyReLU
 from mtlbench.backbones.contract import FeatureContract
 from mtlbench.conv import Conv2d, ConvTranspose2d, convolve_concatenation
 from mtlbench.instance_norm import InstanceNorm2d
@@ -20,10 +21,10 @@ def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
     return nn.Sequential(
         Conv2d(in_ch, out_ch, 3, padding=1),
         InstanceNorm2d(out_ch, affine=True),
-        nn.LeakyReLU(0.01),
+        LeakyReLU(0.01),
         Conv2d(out_ch, out_ch, 3, padding=1),
         InstanceNorm2d(out_ch, affine=True),
-        nn.LeakyReLU(0.01),
+        LeakyReLU(0.01),
     )
 
 

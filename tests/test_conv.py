@@ -209,3 +209,25 @@ def test_the_gradient_of_one_part_computes_that_parts_input_gradient_only(monkey
     )
     torch.autograd.grad(loss, z)
     assert calls == [(4, [True, False, False])]  # the 4 upsampled channels, not the skip's 2
+
+
+def test_leaky_relu_equals_pytorchs_to_second_order_without_a_zeros_tensor() -> None:
+    from mtlbench.activation import LeakyReLU
+
+    x0 = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    results = []
+    for act in (nn.LeakyReLU(0.01), LeakyReLU(0.01)):
+        x = x0.clone().requires_grad_(True)
+        w = torch.randn(3, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        h = x * w
+        loss = torch.sin(act(h)).sum()
+        (gh,) = torch.autograd.grad(loss, h, create_graph=True)
+        results.append((act(h).detach(), gh.detach(), *torch.autograd.grad(gh.square().sum(), x)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    x = torch.randn(4, requires_grad=True)
+    assert torch.autograd.gradgradcheck(
+        lambda t: LeakyReLU(0.2)(t * 1.0).sin(), (x.double().detach().requires_grad_(),)
+    )
+    inplace = LeakyReLU(0.01, inplace=True)
+    assert inplace(torch.tensor([-1.0, 2.0])).tolist() == pytest.approx([-0.01, 2.0])

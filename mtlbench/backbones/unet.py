@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from mtlbench.activation import LeakyReLU
 from mtlbench.backbones.contract import Backbone, FeatureContract, FeatureLevel
 from mtlbench.backbones.pretrained import apply_pretrained
 from mtlbench.conv import Conv2d
@@ -18,7 +19,7 @@ def _conv_norm_act(in_channels: int, out_channels: int, stride: int) -> nn.Seque
     return nn.Sequential(
         Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False),
         InstanceNorm2d(out_channels, affine=True),
-        nn.LeakyReLU(0.01),
+        LeakyReLU(0.01),
     )
 
 

@@ -13,12 +13,18 @@ import pytest
 import torch
 from torch import nn
 
+from mtlbench.activation import LeakyReLU
 from mtlbench.bench.harness import build_harness
 from mtlbench.config import resolve_config
 from mtlbench.conv import Conv2d, ConvTranspose2d
 from mtlbench.instance_norm import InstanceNorm2d
 
-PYTORCH_CLASS = {Conv2d: nn.Conv2d, ConvTranspose2d: nn.ConvTranspose2d, InstanceNorm2d: nn.InstanceNorm2d}
+PYTORCH_CLASS = {
+    Conv2d: nn.Conv2d,
+    ConvTranspose2d: nn.ConvTranspose2d,
+    InstanceNorm2d: nn.InstanceNorm2d,
+    LeakyReLU: nn.LeakyReLU,
+}
 
 
 def step_gradients(
