@@ -31,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from mtlbench.recompute import recipe_of
+
 _WILL_EXECUTE = getattr(torch._C, "_will_engine_execute_node", None)
 
 
@@ -132,8 +134,11 @@ class _ConvolutionBackward(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         grad, x, weight, geometry, _, _ = inputs
-        ctx.save_for_backward(grad, x, weight)
+        # an instance norm's input gradient is recomputed from what the norm's node keeps
+        ctx.grad_recipe = recipe_of(grad)
+        ctx.save_for_backward(None if ctx.grad_recipe is not None else grad, x, weight)
         ctx.geometry = geometry
+        ctx.grad_shape = grad.shape
 
     @staticmethod
     @once_differentiable
@@ -143,6 +148,8 @@ class _ConvolutionBackward(torch.autograd.Function):
         g, x, weight = ctx.saved_tensors
         geometry = ctx.geometry
         want_g, want_x, want_w = wanted(ctx, (True, True, True, False, False, False))[:3]
+        if ctx.grad_recipe is not None and ((want_w and a is not None) or (want_x and a_weight is not None)):
+            g = ctx.grad_recipe()
         grad_g = grad_x = grad_w = None
         if want_g:
             if a is not None:
@@ -151,8 +158,8 @@ class _ConvolutionBackward(torch.autograd.Function):
                 term = _convolution(x, a_weight, None, geometry)
                 grad_g = term if grad_g is None else grad_g.add_(term)
             if a_bias is not None:
-                term = a_bias.view(1, -1, *([1] * (g.dim() - 2)))
-                grad_g = term.expand_as(g).clone() if grad_g is None else grad_g.add_(term)
+                term = a_bias.view(1, -1, *([1] * (len(ctx.grad_shape) - 2)))
+                grad_g = term.expand(ctx.grad_shape).clone() if grad_g is None else grad_g.add_(term)
         if want_w and a is not None:
             grad_w = _convolution_backward(g, a, weight, None, geometry, [False, True, False])[1]
         if want_x and a_weight is not None:

@@ -31,10 +31,37 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from mtlbench.recompute import mark_recomputable
+
 
 def _groups(x: Tensor) -> Tensor:
     """(B, C, *spatial) → (1, B·C, *spatial): instance norm is batch norm over this view."""
     return x.reshape(1, x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _native_backward(
+    grad: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    eps: float,
+    mask: tuple[bool, ...] | list[bool] = (True, False, False),
+) -> tuple[Tensor, Tensor, Tensor]:
+    """PyTorch's instance-norm backward kernel: (dx, per-group Σ g x̂, per-group Σ g)."""
+    dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+        _groups(grad.contiguous()),
+        _groups(x),
+        weight.repeat(x.shape[0]),
+        None,
+        None,
+        mean,
+        invstd,
+        True,
+        eps,
+        list(mask),
+    )
+    return torch.ops.aten._unsafe_view(dx, x.shape), dweight, dbias
 
 
 def _per_group(v: Tensor, x: Tensor) -> Tensor:
@@ -82,21 +109,10 @@ class _InstanceNormBackward(torch.autograd.Function):
         grad: Tensor, x: Tensor, weight: Tensor, mean: Tensor, invstd: Tensor, eps: float
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, c = x.shape[:2]
-        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-            _groups(grad.contiguous()),
-            _groups(x),
-            weight.repeat(b),
-            None,
-            None,
-            mean,
-            invstd,
-            True,
-            eps,
-            [True, True, True],
-        )
+        dx, dweight, dbias = _native_backward(grad, x, weight, mean, invstd, eps, [True, True, True])
         # per (sample, channel) group: Σ g x̂ and Σ g, which the double backward needs too
         return (
-            torch.ops.aten._unsafe_view(dx, x.shape),
+            dx,
             dweight.view(b, c).sum(0),
             dbias.view(b, c).sum(0),
             dweight,
@@ -109,6 +125,9 @@ class _InstanceNormBackward(torch.autograd.Function):
         ctx.mark_non_differentiable(output[3], output[4])
         ctx.save_for_backward(grad, x, weight, mean, invstd, output[3], output[4])
         ctx.eps = eps
+        # dx is what the convolution before the norm receives and would save for its own double
+        # backward; it can instead recompute dx, bit for bit, from tensors this node keeps anyway
+        mark_recomputable(output[0], lambda: _native_backward(grad, x, weight, mean, invstd, eps)[0])
 
     @staticmethod
     @once_differentiable

@@ -231,3 +231,39 @@ def test_leaky_relu_equals_pytorchs_to_second_order_without_a_zeros_tensor() -> 
     )
     inplace = LeakyReLU(0.01, inplace=True)
     assert inplace(torch.tensor([-1.0, 2.0])).tolist() == pytest.approx([-0.01, 2.0])
+
+
+@pytest.mark.parametrize("second_consumer", [False, True])
+def test_a_norms_input_gradient_is_recomputed_not_kept(monkeypatch, second_consumer: bool) -> None:
+    """Conv → InstanceNorm: the conv's node keeps a recipe for the norm's dx instead of dx
+    (mtlbench.recompute); when the conv's output has a second consumer the gradient it receives is
+    a sum, and it keeps that. Second-order gradients equal PyTorch's either way."""
+    from mtlbench import recompute
+    from mtlbench.instance_norm import InstanceNorm2d
+
+    used: list[bool] = []
+    original = conv.recipe_of
+    monkeypatch.setattr(conv, "recipe_of", lambda t: used.append(original(t) is not None) or original(t))
+    torch.manual_seed(0)
+    ours = (Conv2d(3, 4, 3, padding=1).double(), InstanceNorm2d(4, affine=True).double())
+    reference = (nn.Conv2d(3, 4, 3, padding=1).double(), nn.InstanceNorm2d(4, affine=True).double())
+    for a, b in zip(ours, reference, strict=True):
+        b.load_state_dict(a.state_dict())
+    x0 = torch.randn(2, 3, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for convolution, norm in (ours, reference):
+        x = x0.clone().requires_grad_(True)
+        z = torch.tanh(x)
+        y = convolution(z)
+        loss = torch.sin(norm(y)).sum() + (0.3 * y.square().sum() if second_consumer else 0.0)
+        (gz,) = torch.autograd.grad(loss, z, create_graph=True)
+        results.append(
+            torch.autograd.grad(gz.square().sum(), [x, *convolution.parameters(), *norm.parameters()])
+        )
+    assert used[0] is (not second_consumer)  # the first backward (∇_z L with create_graph)
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    changed = torch.zeros(3)
+    recompute.mark_recomputable(changed, lambda: torch.zeros(3))
+    changed.add_(1.0)
+    assert recompute.recipe_of(changed) is None  # changed in place since: the recipe no longer holds
