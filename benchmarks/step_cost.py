@@ -1,12 +1,15 @@
 """The step cost of issue 12's two configurations, through ``mtlbench bench`` (the trainer's own step).
 
-Configuration A: an nnU-Net-style plain encoder of 5 stages (16–256 channels) with the thyroid
-heads, 128 px, batch 8. Configuration B: the thyroid ``quick`` preset (``unet_small``, 64 px,
-batch 16). Both on the thyroid phantom, 2 CPU threads unless ``--threads`` says otherwise. The rows
+Configuration A: an nnU-Net plain encoder-decoder of 5 stages (16–256 channels: ``nnunet_plain``
+and ``task_args.seg_decoder=nnunet``, nnU-Net's transposed-conv decoder) with the thyroid
+classifier, 128 px, batch 8. ``A-bilinear``: the same encoder with the task's default decoder
+(bilinear upsampling), the configuration measured as A before 2026-12-01. Configuration B: the
+thyroid ``quick`` preset (``unet_small``, 64 px, batch 16). Both on the thyroid phantom, 2 CPU threads unless ``--threads`` says otherwise. The rows
 are the methods whose price the issue asks for, RLAR's two cheaper modes included; the JSON and
 PNG land in ``benchmarks/results/`` with the machine, versions and commit.
 
     python benchmarks/step_cost.py --config A
+    python benchmarks/step_cost.py --config A-bilinear
     python benchmarks/step_cost.py --config B --rounds 20
     python benchmarks/step_cost.py --config A --device cuda --amp bf16 data.image_size=512   # a GPU
 """
@@ -22,14 +25,18 @@ from mtlbench import atomic
 from mtlbench.bench.compare import method_configs, parse_methods, run_comparison
 from mtlbench.bench.render import bench_plot, bench_tables
 
+_NNUNET_A = [
+    "backbone=nnunet_plain",
+    "backbone_args.n_stages=5",
+    "backbone_args.features_per_stage=[16,32,64,128,256]",
+    "data.image_size=128",
+    "train.batch_size=8",
+]
 CONFIGURATIONS: dict[str, list[str]] = {
-    "A": [
-        "backbone=nnunet_plain",
-        "backbone_args.n_stages=5",
-        "backbone_args.features_per_stage=[16,32,64,128,256]",
-        "data.image_size=128",
-        "train.batch_size=8",
-    ],
+    # nnU-Net's encoder and decoder (transposed-conv upsampling), as the paper's model
+    "A": [*_NNUNET_A, "task_args.seg_decoder=nnunet"],
+    # the same encoder with the thyroid task's default decoder (bilinear upsampling, wider first convs)
+    "A-bilinear": [*_NNUNET_A, "task_args.seg_decoder=bilinear"],
     "B": ["train.batch_size=16"],
 }
 METHODS = "vanilla,rlar,rlar:every=4,rlar:subset=2,rep_mtl,pcgrad,cagrad,mgda"
