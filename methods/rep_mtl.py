@@ -221,7 +221,7 @@ class RepMTL(MultiTaskMethod):
     """Rep-MTL: task-saliency entropy and cross-task contrastive alignment on the shared representation."""
 
     Params = RepMTLParams
-    needs = MethodNeeds(representation_grads=True)
+    needs = MethodNeeds(representation_grads=True, second_order=True)
 
     def validate(self) -> None:
         p = self.params

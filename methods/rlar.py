@@ -277,7 +277,7 @@ class RLAR(MultiTaskMethod):
     """Representation-level adversarial regulariser: penalise aligned task gradients in latent space."""
 
     Params = RLARParams
-    needs = MethodNeeds(representation_grads=True)
+    needs = MethodNeeds(representation_grads=True, second_order=True)
 
     def __init__(self, task_names: Sequence[str], params: Any = None) -> None:
         super().__init__(task_names, params)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from mtlbench import second_order
+
 
 class _LeakyReLU(torch.autograd.Function):
     generate_vmap_rule = True
@@ -62,6 +64,6 @@ class LeakyReLU(nn.LeakyReLU):
     in-place it is PyTorch's own."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.inplace:
+        if self.inplace or not second_order.active():
             return super().forward(x)
         return _LeakyReLU.apply(x, self.negative_slope)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from mtlbench import second_order
 from mtlbench.recompute import recipe_of
 
 _WILL_EXECUTE = getattr(torch._C, "_will_engine_execute_node", None)
@@ -197,7 +198,8 @@ class Conv2d(nn.Conv2d):
 
     def _own_kernels(self, x: Tensor) -> bool:
         return (
-            self.padding_mode == "zeros"
+            second_order.active()
+            and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and x.dim() == 4
             and (x.dtype == self.weight.dtype or torch.is_autocast_enabled(x.device.type))
@@ -242,7 +244,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if (
-            output_size is not None
+            not second_order.active()
+            or output_size is not None
             or self.padding_mode != "zeros"
             or x.dim() != 4
             or (x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type))

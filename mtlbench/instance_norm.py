@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from mtlbench import second_order
 from mtlbench.recompute import mark_recomputable
 
 
@@ -193,6 +194,12 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     of another dtype than its parameters (autocast) it is PyTorch's."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.affine or self.track_running_stats or x.dim() != 4 or x.dtype != self.weight.dtype:
+        if (
+            not second_order.active()
+            or not self.affine
+            or self.track_running_stats
+            or x.dim() != 4
+            or x.dtype != self.weight.dtype
+        ):
             return super().forward(x)  # also under autocast, where x is half and γ float32
         return _InstanceNorm.apply(x, self.weight, self.bias, self.eps)[0]

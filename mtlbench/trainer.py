@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mtlbench import batch_parts, distributed
+from mtlbench import batch_parts, distributed, second_order
 from mtlbench.api.method import MultiTaskMethod, StepInputs, no_phase
 from mtlbench.api.task import DataSplits, TaskDefinition
 from mtlbench.config import RunConfig
@@ -224,6 +224,12 @@ class Trainer:
     ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
         """:meth:`forward_losses`; with ``subset``, the heads run on those samples apart from the
         rest (:mod:`mtlbench.batch_parts`) and the subset's own losses come back too."""
+        with second_order.kernels(self.method.needs.second_order):
+            return self._forward_parts(batch, subset)
+
+    def _forward_parts(
+        self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None
+    ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
         with self.precision.autocast():
             features = list(self.model.backbone(batch["image"]))
         if subset is None:
@@ -332,6 +338,12 @@ class Trainer:
         ``ran`` is the subset the step's forward already ran apart; those indices cost nothing."""
         if ran is not None and torch.equal(ran[0].to(indices.device), indices):
             return ran[1], ran[2]
+        with second_order.kernels(self.method.needs.second_order):
+            return self._subset_heads(output, batch, indices)
+
+    def _subset_heads(
+        self, output: ModelOutput, batch: dict[str, torch.Tensor], indices: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]:
         backbone_features = (
             [*output.features[:-1], output.head_inputs[-1]] if output.head_inputs else output.features
         )
@@ -343,7 +355,9 @@ class Trainer:
     @torch.no_grad()
     def _losses_without_grad(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with self.precision.autocast():
-            return distributed.global_loss_values(self.task.compute_losses(self.model(batch["image"]), batch))
+            with second_order.kernels(False):
+                output = self.model(batch["image"])
+            return distributed.global_loss_values(self.task.compute_losses(output, batch))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -357,7 +371,7 @@ class Trainer:
             len(dataset), self.config.train.eval_batch_size, max_batches, self.config.seed, epoch
         )
         for batch in self._loader(dataset, batches):
-            with self.precision.autocast():
+            with self.precision.autocast(), second_order.kernels(False):
                 output = self.model(batch["image"])
             evaluator.update(output, batch)
         self.model.train()

@@ -27,6 +27,9 @@ class MethodNeeds:
     representation_grads: bool = False
     shared_grads: bool = False
     extra_forward: bool = False
+    #: The method differentiates gradients again (``create_graph=True``): the trainer runs the model
+    #: with its layers' own double backward (:mod:`mtlbench.second_order`), off otherwise.
+    second_order: bool = False
 
 
 @dataclass(frozen=True)

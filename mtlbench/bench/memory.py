@@ -3,7 +3,8 @@
 On the CPU the process's resident set is measured: its baseline after the model, the data and the
 batch are built, then its high-water mark over a few training steps (``VmHWM`` of
 ``/proc/self/status``, reset through ``/proc/self/clear_refs`` once the baseline is taken — Linux
-only). The figure reported is the peak above the baseline: the step's activations, gradients, the
+only), with glibc told to return freed blocks (:data:`GLIBC_RETURN_FREED_BLOCKS`). The figure
+reported is the peak above the baseline: the step's activations, gradients, the
 method's own buffers and the optimizer's state, whatever allocator holds them. On CUDA the
 allocator's statistics (``max_memory_allocated`` above the allocated memory before the first step)
 are used in the same way, in the parent process or a child alike.
@@ -28,6 +29,13 @@ import torch
 from mtlbench.config import RunConfig, resolve_config
 
 STATUS = Path("/proc/self/status")
+#: glibc malloc settings for the measuring child. By default glibc raises its mmap threshold as large
+#: blocks are freed (up to 32 MiB) and keeps later blocks of that size on its heap, so the resident
+#: set depends on the order of past allocations more than on the tensors alive (runs of one method
+#: moved by ±40 MB). A fixed threshold turns that off: every block of 128 KiB or more is a mapping of
+#: its own, returned on free, and the resident set follows the live tensors. Set in the environment
+#: to override.
+GLIBC_RETURN_FREED_BLOCKS = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
@@ -82,6 +90,7 @@ def measure_in_subprocess(config: RunConfig, steps: int, timeout_s: float = 1800
     spec = json.dumps({"values": config.to_dict(), "steps": steps}, default=str)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    env.update({k: v for k, v in GLIBC_RETURN_FREED_BLOCKS.items() if k not in os.environ})
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "mtlbench.bench.memory"],

@@ -67,3 +67,34 @@ def test_fast_kernels_equal_the_straightforward_step(method: str, tmp_path) -> N
     scale = max(float(g.abs().max()) for g in ref.values())
     for name, g in ref.items():
         torch.testing.assert_close(fast[name], g, rtol=1e-5, atol=1e-6 * scale, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("method", "own_kernels"), [("rlar", True), ("rep_mtl", True), ("vanilla", False), ("pcgrad", False)]
+)
+def test_the_trainer_uses_them_only_for_methods_that_differentiate_twice(
+    method, own_kernels, tmp_path
+) -> None:
+    """Their autograd Functions cost Python time per layer: a first-order method and evaluation run
+    PyTorch's own layers (mtlbench.second_order)."""
+    overrides = [
+        f"output_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.progress=false",
+    ]
+    h = build_harness(resolve_config(overrides, task="thyroid", method=method, preset="smoke"))
+    trainer = h.trainer
+    assert trainer.method.needs.second_order is own_kernels
+    output, _ = trainer.forward_losses(h.batch)
+    logits = output.outputs["seg"]
+    names = set()
+    stack = [logits.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node.name() in names:
+            continue
+        names.add(node.name())
+        stack.extend(n for n, _ in node.next_functions)
+    assert ("_ConvolutionBackward" in names) is own_kernels
+    assert ("_InstanceNormBackward" in names) is own_kernels
+    assert "ConvolutionBackward0" in names or own_kernels

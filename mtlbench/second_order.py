@@ -1,0 +1,33 @@
+"""Whether the model's layers run mtlbench's second-order kernels (on by default).
+
+:mod:`mtlbench.conv`, :mod:`mtlbench.instance_norm` and :mod:`mtlbench.activation` give the heads'
+layers a double backward written out, which RLAR and Rep-MTL traverse (``∇_z L`` with
+``create_graph``, then its gradient). Their first-order work is PyTorch's kernels, but each layer
+then passes through a Python ``autograd.Function``, which costs tens of microseconds per layer and
+call: on the quick preset's small model, 22 % of a vanilla step. The trainer therefore turns them
+off for every method that does not differentiate its gradients again
+(``MethodNeeds.second_order``) and for evaluation; the layers are then exactly PyTorch's modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+_ACTIVE: ContextVar[bool] = ContextVar("mtlbench_second_order_kernels", default=True)
+
+
+def active() -> bool:
+    """Whether the layers use their own double backward now."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def kernels(enabled: bool) -> Iterator[None]:
+    """Run the model's layers with (``True``) or without their own second-order kernels."""
+    token = _ACTIVE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
