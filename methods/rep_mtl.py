@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float
+from mtlbench.api.method import MethodNeeds, MultiTaskMethod, SecondOrderLayers, StepInputs, detach_float
 from mtlbench.registry import register_method
 
 from .rlar import float32_representation_gradients, penalised_backward
@@ -255,6 +255,10 @@ class RepMTL(MultiTaskMethod):
         if not self.params.log_losses:
             return {t: losses[t] for t in self.task_names}
         return {t: torch.log(losses[t].float() + self.params.eps) for t in self.task_names}
+
+    def second_order_layers(self, step: int) -> SecondOrderLayers:
+        """The heads only when the bottleneck is probed."""
+        return "heads" if self.params.representation == "bottleneck" else "all"
 
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         p = self.params

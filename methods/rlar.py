@@ -47,7 +47,14 @@ from torch import Tensor, nn
 from mtlbench import distributed
 from mtlbench.api.checks import check_param
 from mtlbench.api.gradients import step_generator
-from mtlbench.api.method import MethodNeeds, MultiTaskMethod, StepInputs, detach_float, gradient_norms
+from mtlbench.api.method import (
+    MethodNeeds,
+    MultiTaskMethod,
+    SecondOrderLayers,
+    StepInputs,
+    detach_float,
+    gradient_norms,
+)
 from mtlbench.registry import register_method
 
 Representation = Literal["bottleneck", "last", "mid", "mean_last3"]
@@ -322,6 +329,13 @@ class RLAR(MultiTaskMethod):
             self.seed.fill_(torch.initial_seed() % 2**62)
         order = torch.randperm(batch_size, generator=step_generator(int(self.seed), step))
         return order[: self.params.subset].sort().values
+
+    def second_order_layers(self, step: int) -> SecondOrderLayers:
+        """None on the off-steps of ``every``; the heads only when the bottleneck is probed."""
+        p = self.params
+        if p.every > 1 and step % p.every:
+            return "none"
+        return "heads" if p.representation == "bottleneck" else "all"
 
     def subset_for_step(self, step: int, batch_size: int) -> Tensor | None:
         """With ``subset``: this step's samples, so the trainer runs their heads apart in the forward

@@ -224,13 +224,14 @@ class Trainer:
     ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
         """:meth:`forward_losses`; with ``subset``, the heads run on those samples apart from the
         rest (:mod:`mtlbench.batch_parts`) and the subset's own losses come back too."""
-        with second_order.kernels(self.method.needs.second_order):
-            return self._forward_parts(batch, subset)
+        layers = self.method.second_order_layers(self.state.global_step)
+        with second_order.kernels(layers != "none"):
+            return self._forward_parts(batch, subset, backbone_kernels=layers == "all")
 
     def _forward_parts(
-        self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None
+        self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None, backbone_kernels: bool
     ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
-        with self.precision.autocast():
+        with self.precision.autocast(), second_order.kernels(backbone_kernels and second_order.active()):
             features = list(self.model.backbone(batch["image"]))
         if subset is None:
             return (*self._heads_and_losses(features, batch), None)
@@ -243,7 +244,8 @@ class Trainer:
         )
         representation_grads = self.method.needs.representation_grads
         float32 = self.precision.heads_in_float32(representation_grads)
-        with self.precision.heads_autocast(representation_grads):
+        # only the subset's graph is differentiated twice: the rest runs PyTorch's own layers
+        with self.precision.heads_autocast(representation_grads), second_order.kernels(False):
             rest_output = self.model.heads_on_cut_points([f.index_select(0, rest) for f in features], float32)
             outputs = batch_parts.merge([sub_output.outputs, rest_output.outputs], [subset, rest])
             output = ModelOutput(features, outputs)
@@ -338,7 +340,7 @@ class Trainer:
         ``ran`` is the subset the step's forward already ran apart; those indices cost nothing."""
         if ran is not None and torch.equal(ran[0].to(indices.device), indices):
             return ran[1], ran[2]
-        with second_order.kernels(self.method.needs.second_order):
+        with second_order.kernels(self.method.second_order_layers(self.state.global_step) != "none"):
             return self._subset_heads(output, batch, indices)
 
     def _subset_heads(

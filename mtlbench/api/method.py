@@ -14,10 +14,13 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+
+#: See :meth:`MultiTaskMethod.second_order_layers`.
+SecondOrderLayers = Literal["none", "heads", "all"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,15 @@ class MultiTaskMethod(nn.Module):
     def backward(self, inputs: StepInputs) -> dict[str, float]:
         """Fill ``.grad`` of the parameters for this step; return diagnostics (floats)."""
         raise NotImplementedError
+
+    def second_order_layers(self, step: int) -> SecondOrderLayers:
+        """Which layers this step's :meth:`backward` differentiates twice, so that the trainer runs
+        them with their own second-order kernels (:mod:`mtlbench.second_order`) and every other
+        layer as PyTorch's, without the kernels' per-layer Python cost: ``"none"``, ``"heads"``
+        (gradients with respect to the backbone's deepest level, which only the heads read) or
+        ``"all"``. A speed hint only: every layer is exact either way. By default ``"all"`` for
+        methods with ``needs.second_order``, else ``"none"``."""
+        return "all" if self.needs.second_order else "none"
 
     def subset_for_step(self, step: int, batch_size: int) -> Tensor | None:
         """The samples (sorted indices) whose losses :meth:`backward` will ask for through

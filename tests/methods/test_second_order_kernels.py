@@ -69,32 +69,50 @@ def test_fast_kernels_equal_the_straightforward_step(method: str, tmp_path) -> N
         torch.testing.assert_close(fast[name], g, rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
+def graph_node_names(tensor: torch.Tensor) -> set[str]:
+    names: set[str] = set()
+    seen: set[int] = set()
+    stack = [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.add(node.name())
+        stack.extend(n for n, _ in node.next_functions)
+    return names
+
+
 @pytest.mark.parametrize(
-    ("method", "own_kernels"), [("rlar", True), ("rep_mtl", True), ("vanilla", False), ("pcgrad", False)]
+    ("method", "args", "heads", "backbone"),
+    [
+        ("rlar", [], True, False),
+        ("rlar", ["method_args.representation=mid"], True, True),
+        ("rlar", ["method_args.every=2"], False, False),  # step 1 of every=2: no penalty
+        ("rep_mtl", [], True, False),
+        ("vanilla", [], False, False),
+        ("pcgrad", [], False, False),
+    ],
 )
-def test_the_trainer_uses_them_only_for_methods_that_differentiate_twice(
-    method, own_kernels, tmp_path
+def test_the_trainer_uses_them_only_where_a_step_differentiates_twice(
+    method: str, args: list[str], heads: bool, backbone: bool, tmp_path
 ) -> None:
-    """Their autograd Functions cost Python time per layer: a first-order method and evaluation run
-    PyTorch's own layers (mtlbench.second_order)."""
+    """Their autograd Functions cost Python time per layer: first-order methods and RLAR's off-steps
+    run PyTorch's own layers (evaluation too), the backbone too when only the bottleneck is probed
+    (MultiTaskMethod.second_order_layers, mtlbench.second_order)."""
     overrides = [
         f"output_dir={tmp_path / 'runs'}",
         f"data.cache_dir={tmp_path / 'cache'}",
         "train.progress=false",
+        *args,
     ]
     h = build_harness(resolve_config(overrides, task="thyroid", method=method, preset="smoke"))
     trainer = h.trainer
-    assert trainer.method.needs.second_order is own_kernels
+    trainer.state.global_step = 1
     output, _ = trainer.forward_losses(h.batch)
-    logits = output.outputs["seg"]
-    names = set()
-    stack = [logits.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node.name() in names:
-            continue
-        names.add(node.name())
-        stack.extend(n for n, _ in node.next_functions)
-    assert ("_ConvolutionBackward" in names) is own_kernels
-    assert ("_InstanceNormBackward" in names) is own_kernels
-    assert "ConvolutionBackward0" in names or own_kernels
+    in_backbone = graph_node_names(output.features[0])
+    in_model = graph_node_names(output.outputs["seg"])
+    assert ("_ConvolutionBackward" in in_backbone) is backbone
+    assert ("_InstanceNormBackward" in in_backbone) is backbone
+    assert ("_ConvolutionBackward" in in_model) is heads
+    assert ("ConvolutionBackward0" in in_model) is not (heads and backbone)
