@@ -17,6 +17,13 @@ from contextvars import ContextVar
 
 _ACTIVE: ContextVar[bool] = ContextVar("mtlbench_second_order_kernels", default=True)
 
+#: RLAR's ``subset`` differentiates the heads of a few samples twice. Below this many input pixels
+#: (samples × height × width) in that part the kernels' Python cost per layer outweighs what they
+#: save, and PyTorch's own layers run it. Measured on the VM (2 threads): 2 samples at 64 px (8 192
+#: pixels, the quick preset) 1.39× vanilla with PyTorch's layers against 1.51× with the kernels;
+#: 2 samples at 128 px (32 768 pixels, configuration A) 1.41× against 1.33×.
+MIN_SUBSET_PIXELS = 2**15
+
 
 def active() -> bool:
     """Whether the layers use their own double backward now."""

@@ -239,9 +239,11 @@ class Trainer:
         rest = batch_parts.complement(subset, len(batch["image"]))
         # index_select, not f[idx]: its backward is an index_add (f[idx]'s, an accumulating
         # index_put, took 17 ms of a 330 ms step on the CPU)
-        sub_output, sub_losses = self._heads_and_losses(
-            [f.index_select(0, subset) for f in features], batch_parts.take(batch, subset)
-        )
+        pixels = len(subset) * batch["image"][0, 0].numel()
+        with second_order.kernels(second_order.active() and pixels >= second_order.MIN_SUBSET_PIXELS):
+            sub_output, sub_losses = self._heads_and_losses(
+                [f.index_select(0, subset) for f in features], batch_parts.take(batch, subset)
+            )
         representation_grads = self.method.needs.representation_grads
         float32 = self.precision.heads_in_float32(representation_grads)
         # only the subset's graph is differentiated twice: the rest runs PyTorch's own layers

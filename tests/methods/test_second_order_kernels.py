@@ -116,3 +116,25 @@ def test_the_trainer_uses_them_only_where_a_step_differentiates_twice(
     assert ("_InstanceNormBackward" in in_backbone) is backbone
     assert ("_ConvolutionBackward" in in_model) is heads
     assert ("ConvolutionBackward0" in in_model) is not (heads and backbone)
+
+
+@pytest.mark.parametrize("threshold", [0, 10**9])
+def test_a_small_subset_runs_pytorchs_layers(threshold: int, tmp_path, monkeypatch) -> None:
+    """RLAR's ``subset``: the kernels run the subset's heads only from MIN_SUBSET_PIXELS on."""
+    from mtlbench import second_order
+
+    monkeypatch.setattr(second_order, "MIN_SUBSET_PIXELS", threshold)
+    overrides = [
+        f"output_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "train.progress=false",
+        "method_args.subset=2",
+    ]
+    h = build_harness(resolve_config(overrides, task="thyroid", method="rlar", preset="smoke"))
+    trainer = h.trainer
+    subset = trainer.method.subset_for_step(0, len(h.batch["image"]))
+    _, _, split = trainer._forward(h.batch, subset)
+    assert split is not None
+    names = graph_node_names(split[1]["seg"])
+    assert ("_ConvolutionBackward" in names) is (threshold == 0)
+    assert ("_InstanceNormBackward" in names) is (threshold == 0)
