@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -140,8 +140,12 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-#: (indices, their losses, their representations): the subset the step's forward ran apart.
-SubsetResult = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]
+class SubsetResult(NamedTuple):
+    """The subset the step's forward ran apart: its indices, losses and representations."""
+
+    indices: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    representations: dict[str, torch.Tensor | list[torch.Tensor]]
 
 
 class Trainer:
@@ -231,7 +235,7 @@ class Trainer:
     def _forward_parts(
         self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None, backbone_kernels: bool
     ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
-        with self.precision.autocast(), second_order.kernels(backbone_kernels and second_order.active()):
+        with self.precision.autocast(), second_order.kernels(backbone_kernels):
             features = list(self.model.backbone(batch["image"]))
         if subset is None:
             return (*self._heads_and_losses(features, batch), None)
@@ -244,25 +248,28 @@ class Trainer:
             sub_output, sub_losses = self._heads_and_losses(
                 [f.index_select(0, subset) for f in features], batch_parts.take(batch, subset)
             )
-        representation_grads = self.method.needs.representation_grads
-        float32 = self.precision.heads_in_float32(representation_grads)
         # only the subset's graph is differentiated twice: the rest runs PyTorch's own layers
-        with self.precision.heads_autocast(representation_grads), second_order.kernels(False):
-            rest_output = self.model.heads_on_cut_points([f.index_select(0, rest) for f in features], float32)
+        with self.precision.heads_autocast(self.method.needs.representation_grads):
+            with second_order.kernels(False):
+                rest_output = self._heads([f.index_select(0, rest) for f in features])
             outputs = batch_parts.merge([sub_output.outputs, rest_output.outputs], [subset, rest])
             output = ModelOutput(features, outputs)
             losses = self.task.compute_losses(output, batch)
-        return output, losses, (subset, sub_losses, sub_output.representations)
+        return output, losses, SubsetResult(subset, sub_losses, sub_output.representations)
 
     def _heads_and_losses(
         self, features: list[torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> tuple[ModelOutput, dict[str, torch.Tensor]]:
-        representation_grads = self.method.needs.representation_grads
-        float32 = self.precision.heads_in_float32(representation_grads)
-        with self.precision.heads_autocast(representation_grads):
-            output = self.model.heads_on_cut_points(features, float32)
+        with self.precision.heads_autocast(self.method.needs.representation_grads):
+            output = self._heads(features)
             losses = self.task.compute_losses(output, batch)
         return output, losses
+
+    def _heads(self, features: list[torch.Tensor]) -> ModelOutput:
+        """The heads on cut points of ``features``, in float32 where the method needs it (call
+        inside ``precision.heads_autocast``)."""
+        float32 = self.precision.heads_in_float32(self.method.needs.representation_grads)
+        return self.model.heads_on_cut_points(features, float32)
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
         """Forward, the method's backward, clipping, optimizer step. ``None`` if fp16 skipped it."""
@@ -340,8 +347,8 @@ class Trainer:
         """The heads and task losses on ``indices`` of the batch only, from the slices of this
         step's backbone features (so their gradients reach the backbone): ``StepInputs.subset_forward``.
         ``ran`` is the subset the step's forward already ran apart; those indices cost nothing."""
-        if ran is not None and torch.equal(ran[0].to(indices.device), indices):
-            return ran[1], ran[2]
+        if ran is not None and torch.equal(ran.indices.to(indices.device), indices):
+            return ran.losses, ran.representations
         with second_order.kernels(self.method.second_order_layers(self.state.global_step) != "none"):
             return self._subset_heads(output, batch, indices)
 

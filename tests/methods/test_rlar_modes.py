@@ -152,7 +152,7 @@ def test_the_subset_costs_no_second_run_of_the_heads(tmp_path) -> None:
     subset = trainer.method.subset_for_step(step, BATCH)
     assert subset is not None and subset.tolist() == trainer.method.subset_indices(step, BATCH).tolist()
     output, split_losses, ran = trainer._forward(h.batch, subset)
-    assert ran is not None and torch.equal(ran[0], subset)
+    assert ran is not None and torch.equal(ran.indices, subset)
     per_head = len(trainer.model.heads)
     assert sorted(seen) == sorted([2] * per_head + [BATCH - 2] * per_head)
     for hook in hooks:
@@ -161,7 +161,7 @@ def test_the_subset_costs_no_second_run_of_the_heads(tmp_path) -> None:
     for name, loss in whole_losses.items():
         assert float(split_losses[name].detach()) == pytest.approx(float(loss.detach()), rel=1e-6), name
     # what the method is handed for those indices is the forward's subset, not a new run
-    assert trainer._subset_forward(output, h.batch, subset, ran)[0] is ran[1]
+    assert trainer._subset_forward(output, h.batch, subset, ran)[0] is ran.losses
     # on the off-steps of `every`, no subset is asked for
     lazy = harness(tmp_path, subset=2, every=2, seed=3)
     assert lazy.trainer.method.subset_for_step(1, BATCH) is None

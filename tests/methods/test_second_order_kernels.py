@@ -135,6 +135,6 @@ def test_a_small_subset_runs_pytorchs_layers(threshold: int, tmp_path, monkeypat
     subset = trainer.method.subset_for_step(0, len(h.batch["image"]))
     _, _, split = trainer._forward(h.batch, subset)
     assert split is not None
-    names = graph_node_names(split[1]["seg"])
+    names = graph_node_names(split.losses["seg"])
     assert ("_ConvolutionBackward" in names) is (threshold == 0)
     assert ("_InstanceNormBackward" in names) is (threshold == 0)
