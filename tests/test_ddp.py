@@ -195,10 +195,15 @@ def test_gradient_combination_through_nproc_per_node_matches_single_process(tmp_
 
 
 def test_loss_nonlinear_weighting_sees_the_global_losses(tmp_path: Path) -> None:
-    """GLS minimises (Π_t L_t)^(1/T): its gradient weighs ∇L_t by 1/L_t, exact only with the global L_t."""
-    run_experiment(resolve_config(overrides(tmp_path / "single"), method="gls"))
-    torchrun("-m", "mtlbench", "run", "--method", "gls", *overrides(tmp_path / "ddp"), cwd=tmp_path)
-    assert_same_training(tmp_path / "ddp", tmp_path / "single")
+    """GLS minimises (Π_t L_t)^(1/T): its gradient weighs ∇L_t by 1/L_t, exact only with the global L_t.
+
+    With SGD and momentum: under Adam the two runs' validation ``area_mae`` ended 6.5e-4 apart
+    (relative) on an AMD EPYC, where the summation-order rounding Adam amplifies (module docstring)
+    stayed below 1e-4 on the Intel machine this test was written on."""
+    sgd = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.lr": 0.05}
+    run_experiment(resolve_config(overrides(tmp_path / "single", **sgd), method="gls"))
+    torchrun("-m", "mtlbench", "run", "--method", "gls", *overrides(tmp_path / "ddp", **sgd), cwd=tmp_path)
+    assert_same_training(tmp_path / "ddp", tmp_path / "single", sgd=True)
 
 
 def test_rlar_interrupted_and_resumed_under_torchrun_matches_uninterrupted_single_process(

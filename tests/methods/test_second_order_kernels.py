@@ -65,7 +65,14 @@ def test_fast_kernels_equal_the_straightforward_step(method: str, tmp_path) -> N
     assert all(ref_logs[key] > 1e-3 for key in penalties)  # a penalty that is there
     assert fast.keys() == ref.keys()
     scale = max(float(g.abs().max()) for g in ref.values())
+    # A conv bias before a per-sample norm has a true gradient of 0 (the norm removes it): both
+    # sides are then the rounding of a sum over every pixel, measured up to 1.2e-6 of the scale
+    # (single-threaded oneDNN, AMD EPYC), of either sign. Those are checked to be zero to 1e-5.
+    zero = 1e-5 * scale
     for name, g in ref.items():
+        if float(g.abs().max()) < zero:
+            assert float(fast[name].abs().max()) < zero, name
+            continue
         torch.testing.assert_close(fast[name], g, rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
