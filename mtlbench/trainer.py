@@ -141,11 +141,15 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class SubsetResult(NamedTuple):
-    """The subset the step's forward ran apart: its indices, losses and representations."""
+    """The subset the step's forward ran apart: its indices (in the batch the step was given), its
+    losses and representations, and the batch in the order the forward ran it (the subset first,
+    :func:`mtlbench.batch_parts.subset_first`), which every output of that forward follows."""
 
     indices: torch.Tensor
     losses: dict[str, torch.Tensor]
     representations: dict[str, torch.Tensor | list[torch.Tensor]]
+    batch: dict[str, torch.Tensor]
+    order: torch.Tensor
 
 
 class Trainer:
@@ -226,8 +230,9 @@ class Trainer:
     def _forward(
         self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None
     ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
-        """:meth:`forward_losses`; with ``subset``, the heads run on those samples apart from the
-        rest (:mod:`mtlbench.batch_parts`) and the subset's own losses come back too."""
+        """:meth:`forward_losses`; with ``subset``, the batch runs subset-first and the heads run on
+        those samples apart from the rest (:mod:`mtlbench.batch_parts`): the subset's own losses
+        come back too, and the outputs follow ``SubsetResult.order``."""
         layers = self.method.second_order_layers(self.state.global_step)
         with second_order.kernels(layers != "none"):
             return self._forward_parts(batch, subset, backbone_kernels=layers == "all")
@@ -235,27 +240,31 @@ class Trainer:
     def _forward_parts(
         self, batch: dict[str, torch.Tensor], subset: torch.Tensor | None, backbone_kernels: bool
     ) -> tuple[ModelOutput, dict[str, torch.Tensor], SubsetResult | None]:
+        order = None
+        if subset is not None:
+            order = batch_parts.subset_first(subset, len(batch["image"]))
+            batch = batch_parts.take(batch, order)
         with self.precision.autocast(), second_order.kernels(backbone_kernels):
             features = list(self.model.backbone(batch["image"]))
-        if subset is None:
+        if subset is None or order is None:
             return (*self._heads_and_losses(features, batch), None)
         self.model.deepest_feeds_other_levels(features)  # decided on the whole batch's graph
-        rest = batch_parts.complement(subset, len(batch["image"]))
-        # index_select, not f[idx]: its backward is an index_add (f[idx]'s, an accumulating
-        # index_put, took 17 ms of a 330 ms step on the CPU)
-        pixels = len(subset) * batch["image"][0, 0].numel()
+        sizes = [len(subset), len(order) - len(subset)]
+        # slices, not gathers: their backward is one concatenation per level
+        parts = [f.split(sizes) for f in features]
+        pixels = sizes[0] * batch["image"][0, 0].numel()
         with second_order.kernels(second_order.active() and pixels >= second_order.MIN_SUBSET_PIXELS):
             sub_output, sub_losses = self._heads_and_losses(
-                [f.index_select(0, subset) for f in features], batch_parts.take(batch, subset)
+                [p[0] for p in parts], {k: v[: sizes[0]] for k, v in batch.items()}
             )
         # only the subset's graph is differentiated twice: the rest runs PyTorch's own layers
         with self.precision.heads_autocast(self.method.needs.representation_grads):
             with second_order.kernels(False):
-                rest_output = self._heads([f.index_select(0, rest) for f in features])
-            outputs = batch_parts.merge([sub_output.outputs, rest_output.outputs], [subset, rest])
+                rest_output = self._heads([p[1] for p in parts])
+            outputs = batch_parts.concatenate([sub_output.outputs, rest_output.outputs], sizes)
             output = ModelOutput(features, outputs)
             losses = self.task.compute_losses(output, batch)
-        return output, losses, SubsetResult(subset, sub_losses, sub_output.representations)
+        return output, losses, SubsetResult(subset, sub_losses, sub_output.representations, batch, order)
 
     def _heads_and_losses(
         self, features: list[torch.Tensor], batch: dict[str, torch.Tensor]
@@ -277,6 +286,8 @@ class Trainer:
         subset = self.method.subset_for_step(self.state.global_step, len(batch["image"]))
         with self.phase("forward"):
             output, losses, subset_result = self._forward(batch, subset)
+        if subset_result is not None:
+            batch = subset_result.batch  # the order the outputs follow
         losses = distributed.global_loss_values(losses)  # torchrun: the global batch's values
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach()).all()}
         if bad:
@@ -346,9 +357,12 @@ class Trainer:
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | list[torch.Tensor]]]:
         """The heads and task losses on ``indices`` of the batch only, from the slices of this
         step's backbone features (so their gradients reach the backbone): ``StepInputs.subset_forward``.
-        ``ran`` is the subset the step's forward already ran apart; those indices cost nothing."""
-        if ran is not None and torch.equal(ran.indices.to(indices.device), indices):
-            return ran.losses, ran.representations
+        ``ran`` is the subset the step's forward already ran apart; those indices cost nothing, and
+        others are found where that forward put them (``output`` and ``batch`` follow ``ran.order``)."""
+        if ran is not None:
+            if torch.equal(ran.indices.to(indices.device), indices):
+                return ran.losses, ran.representations
+            indices = torch.argsort(ran.order.to(indices.device))[indices]
         with second_order.kernels(self.method.second_order_layers(self.state.global_step) != "none"):
             return self._subset_heads(output, batch, indices)
 

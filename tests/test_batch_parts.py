@@ -1,4 +1,5 @@
-"""Parts of a batch put back in order (the trainer's heads on a subset apart from the rest)."""
+"""A batch reordered subset-first and its parts' outputs joined (the trainer's heads on a subset
+apart from the rest)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,38 @@ import torch
 from mtlbench import batch_parts
 
 
-def test_parts_come_back_in_the_batchs_order() -> None:
+def test_the_subset_comes_first_then_the_rest_in_order() -> None:
+    subset = torch.tensor([4, 1])
+    assert batch_parts.complement(subset, 6).tolist() == [0, 2, 3, 5]
+    order = batch_parts.subset_first(subset, 6)
+    assert order.tolist() == [4, 1, 0, 2, 3, 5]
+    batch = {"x": torch.arange(12.0).reshape(6, 2), "y": torch.arange(6)}
+    taken = batch_parts.take(batch, order)
+    assert taken["y"].tolist() == [4, 1, 0, 2, 3, 5]
+    assert torch.equal(taken["x"][0], batch["x"][4])
+
+
+@pytest.mark.parametrize("bad", [[1, 1], [0, 6], [-1], [[0, 1]]])
+def test_a_subset_that_is_not_distinct_samples_of_the_batch_is_named(bad: list) -> None:
+    with pytest.raises(ValueError, match=re.escape(str(torch.tensor(bad).tolist()))):
+        batch_parts.subset_first(torch.tensor(bad), 6)
+
+
+def test_parts_are_joined_entry_by_entry() -> None:
     batch = torch.arange(12.0).reshape(6, 2)
-    subset = torch.tensor([1, 4])
-    rest = batch_parts.complement(subset, 6)
-    assert rest.tolist() == [0, 2, 3, 5]
-    parts = [{"a": batch[idx] * 10, "b": [batch[idx], (batch[idx, :1],)]} for idx in (subset, rest)]
-    merged = batch_parts.merge(parts, [subset, rest])
-    assert torch.equal(merged["a"], batch * 10)
-    assert torch.equal(merged["b"][0], batch)
-    assert isinstance(merged["b"][1], tuple) and torch.equal(merged["b"][1][0], batch[:, :1])
+    head, tail = batch.split([2, 4])
+    parts = [{"a": p * 10, "b": [p, (p[:, :1],)]} for p in (head, tail)]
+    joined = batch_parts.concatenate(parts, [2, 4])
+    assert torch.equal(joined["a"], batch * 10)
+    assert torch.equal(joined["b"][0], batch)
+    assert isinstance(joined["b"][1], tuple) and torch.equal(joined["b"][1][0], batch[:, :1])
 
 
-def test_merging_keeps_the_graph() -> None:
+def test_joining_keeps_the_graph() -> None:
     x = torch.randn(5, 3, requires_grad=True)
-    subset, rest = torch.tensor([0, 3]), torch.tensor([1, 2, 4])
-    merged = batch_parts.merge([x[subset] * 2, x[rest] * 2], [subset, rest])
-    merged.pow(2).sum().backward()
+    head, tail = x.split([2, 3])
+    joined = batch_parts.concatenate([head * 2, tail * 2], [2, 3])
+    joined.pow(2).sum().backward()
     torch.testing.assert_close(x.grad, 8 * x.detach())
 
 
@@ -40,4 +56,4 @@ def test_merging_keeps_the_graph() -> None:
 )
 def test_an_output_without_one_row_per_sample_is_named(parts: list, where: str) -> None:
     with pytest.raises(ValueError, match=re.escape(where)):
-        batch_parts.merge(parts, [torch.tensor([0, 2]), torch.tensor([1, 3, 4])])
+        batch_parts.concatenate(parts, [2, 3])

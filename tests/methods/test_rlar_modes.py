@@ -166,3 +166,26 @@ def test_the_subset_costs_no_second_run_of_the_heads(tmp_path) -> None:
     lazy = harness(tmp_path, subset=2, every=2, seed=3)
     assert lazy.trainer.method.subset_for_step(1, BATCH) is None
     assert lazy.trainer.method.subset_for_step(2, BATCH) is not None
+
+
+def test_another_subset_is_found_where_the_forward_put_its_samples(tmp_path) -> None:
+    """The step's forward runs the batch subset-first; heads asked for other samples (by their
+    index in the batch the step was given) get those samples, not whatever sits at that position."""
+    from mtlbench import batch_parts
+
+    h = harness(tmp_path, subset=2, lambda_adv=0.5, seed=3)
+    trainer = h.trainer
+    subset = trainer.method.subset_for_step(2, BATCH)
+    assert subset is not None
+    output, _, ran = trainer._forward(h.batch, subset)
+    assert ran is not None and ran.order[:2].tolist() == subset.tolist()
+    other = batch_parts.complement(subset, BATCH)[[1, 0]]
+    losses, _ = trainer._subset_forward(output, ran.batch, other, ran)
+    alone = batch_parts.take(h.batch, other)
+    expected = trainer.task.compute_losses(trainer.model(alone["image"]), alone)
+    for name, loss in expected.items():
+        assert float(losses[name].detach()) == pytest.approx(float(loss.detach()), rel=1e-6), name
+    assert any(
+        float(expected[n].detach()) != pytest.approx(float(ran.losses[n].detach()), rel=1e-3)
+        for n in expected
+    )  # other samples: not the forward's subset again
