@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 from mtlbench import second_order
 
 
+@second_order.signature_once
 class _LeakyReLU(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -39,6 +40,7 @@ class _LeakyReLU(torch.autograd.Function):
         return _LeakyReLUBackward.apply(grad, x, ctx.slope), None
 
 
+@second_order.signature_once
 class _LeakyReLUBackward(torch.autograd.Function):
     generate_vmap_rule = True
 

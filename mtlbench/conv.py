@@ -85,6 +85,7 @@ def _convolution_backward(
     return torch.ops.aten.convolution_backward(grad, x, weight, bias_sizes, *geometry, mask)
 
 
+@second_order.signature_once
 class _Convolution(torch.autograd.Function):
     generate_vmap_rule = True
 
@@ -112,6 +113,7 @@ class _Convolution(torch.autograd.Function):
         return dx, dweight, dbias, None
 
 
+@second_order.signature_once
 class _ConvolutionBackward(torch.autograd.Function):
     """(g, x, W) → (dx, dW, db) with PyTorch's kernel; its own backward by convolution kernels."""
 

@@ -70,6 +70,7 @@ def _per_group(v: Tensor, x: Tensor) -> Tensor:
     return v.reshape(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
 
 
+@second_order.signature_once
 class _InstanceNorm(torch.autograd.Function):
     # functorch-style (``setup_context``, a generated vmap rule): vmapped backward passes
     # (``is_grads_batched``, torchjd's Jacobians) go through it as through PyTorch's own norm
@@ -100,6 +101,7 @@ class _InstanceNorm(torch.autograd.Function):
         return dx, dweight, dbias, None
 
 
+@second_order.signature_once
 class _InstanceNormBackward(torch.autograd.Function):
     """(g, x, γ) → (dx, dγ, dβ) with PyTorch's kernel; its own backward in closed form."""
 

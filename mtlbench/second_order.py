@@ -12,8 +12,12 @@ off for every method that does not differentiate its gradients again
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import TypeVar
+
+import torch
 
 _ACTIVE: ContextVar[bool] = ContextVar("mtlbench_second_order_kernels", default=True)
 
@@ -38,3 +42,22 @@ def kernels(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+FunctionClass = TypeVar("FunctionClass", bound=type[torch.autograd.Function])
+
+
+def signature_once(cls: FunctionClass) -> FunctionClass:
+    """Compute an ``autograd.Function``'s forward signature once instead of at every ``apply``.
+
+    For a Function with ``setup_context`` (the functorch style, needed for a generated vmap rule),
+    PyTorch binds the arguments of each ``apply`` to ``inspect.signature(forward)``, which
+    ``inspect`` rebuilds every time unless the function carries it as ``__signature__``
+    (PEP 362). Measured: 100 µs less per convolution–norm–activation block and RLAR step
+    (forward, ``∇_z L``, double backward; 1 thread), 20 % of the layers' Python cost. The binding
+    itself, and so every argument and default, is unchanged.
+    """
+    forward = cls.__dict__["forward"]
+    function = forward.__func__ if isinstance(forward, staticmethod) else forward
+    function.__signature__ = inspect.signature(function)
+    return cls
