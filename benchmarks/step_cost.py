@@ -7,9 +7,9 @@ classifier, 128 px, batch 8. ``A-bilinear``: the same encoder with the task's de
 thyroid ``quick`` preset (``unet_small``, 64 px, batch 16). All on the thyroid phantom, 2 CPU
 threads unless ``--threads`` says otherwise. The rows are the methods whose price the issue asks
 for, RLAR's two cheaper modes included; the JSON and PNG land in ``benchmarks/results/`` with the
-machine, versions and commit. The script re-runs itself once with glibc keeping freed memory
-(``GLIBC_RETAIN_FREED_BLOCKS`` of ``mtlbench.bench.memory``), so that no step's time depends on what
-the steps before it gave back to the system.
+machine, versions and commit. Like ``mtlbench bench``, the script sets glibc to keep freed memory
+(:func:`mtlbench.bench.allocator.retain_freed_blocks`), so that no step's time depends on what the
+steps before it gave back to the system.
 
     python benchmarks/step_cost.py --config A
     python benchmarks/step_cost.py --config A-bilinear
@@ -20,15 +20,13 @@ the steps before it gave back to the system.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
 from mtlbench import atomic
+from mtlbench.bench.allocator import retain_freed_blocks
 from mtlbench.bench.compare import method_configs, parse_methods, run_comparison
-from mtlbench.bench.memory import GLIBC_RETAIN_FREED_BLOCKS
 from mtlbench.bench.render import bench_plot, bench_tables
 
 _NNUNET_A = [
@@ -48,16 +46,7 @@ CONFIGURATIONS: dict[str, list[str]] = {
 METHODS = "vanilla,rlar,rlar:every=4,rlar:subset=2,rep_mtl,pcgrad,cagrad,mgda"
 
 
-def retain_freed_blocks() -> None:
-    """Re-run this script with glibc keeping freed blocks (GLIBC_RETAIN_FREED_BLOCKS), once."""
-    if os.environ.get("MTLBENCH_RETAINED_HEAP") == "1":
-        return
-    env = {**os.environ, **GLIBC_RETAIN_FREED_BLOCKS, "MTLBENCH_RETAINED_HEAP": "1"}
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 def main() -> None:
-    retain_freed_blocks()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -82,6 +71,7 @@ def main() -> None:
         *args.overrides,
     ]
     configs = method_configs(parse_methods(args.methods), overrides, task="thyroid")
+    allocator = retain_freed_blocks()
     record = run_comparison(
         configs,
         args.warmup,
@@ -91,7 +81,7 @@ def main() -> None:
         log=lambda m: print(m, flush=True),
     )
     record["configuration"] = {"name": args.config, "overrides": overrides}
-    record["allocator"] = {k: os.environ.get(k) for k in GLIBC_RETAIN_FREED_BLOCKS}
+    record["allocator"] = allocator
     out = args.out or Path(__file__).parent / "results" / f"step_cost_{args.config}.json"
     atomic.write_json(out, record)
     bench_plot(record, out.with_suffix(".png"))

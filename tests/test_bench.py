@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mtlbench.bench import allocator
 from mtlbench.bench.compare import method_configs, parse_methods, run_comparison
 from mtlbench.bench.memory import measure_in_subprocess
 from mtlbench.cli import app
@@ -114,6 +115,8 @@ def test_bench_command_writes_table_json_and_plot(tmp_path) -> None:
     record = json.loads(out.read_text())
     assert [row["method"] for row in record["rows"]] == ["vanilla", "rlar", "rlar:subset=2"]
     assert out.with_suffix(".png").stat().st_size > 1000
+    if allocator._mallopt() is not None:  # glibc: steps timed with freed blocks kept on the heap
+        assert record["allocator"] == {"M_MMAP_THRESHOLD": 2**25, "M_TRIM_THRESHOLD": 2**31 - 1}
 
 
 def test_bench_command_scales_a_setting(tmp_path) -> None:
@@ -195,3 +198,36 @@ def test_an_output_under_a_file_is_refused_before_measuring(tmp_path) -> None:
     )
     assert result.exit_code != 0 and "cannot write under" in result.output
     assert "timing" not in result.output  # refused before the first step
+
+
+RSS_AFTER_FREE = """
+import ctypes, ctypes.util, sys
+from mtlbench.bench.allocator import retain_freed_blocks
+if sys.argv[1] == "retain":
+    assert retain_freed_blocks() is not None
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_kb():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
+size = 16 * 2**20
+block = libc.malloc(size)
+ctypes.memset(block, 1, size)
+before = rss_kb()
+libc.free(block)
+print(before - rss_kb())
+"""
+
+
+@pytest.mark.skipif(allocator._mallopt() is None, reason="mallopt is glibc's")
+@pytest.mark.parametrize(("setting", "returned"), [("default", True), ("retain", False)])
+def test_a_freed_block_stays_resident_only_when_retained(setting: str, returned: bool) -> None:
+    """16 MiB freed: glibc's default unmaps it (a later step pays page faults to get it back);
+    with :func:`retain_freed_blocks` it stays on the heap."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_AFTER_FREE, setting], capture_output=True, text=True, check=True
+    )
+    given_back_mb = int(out.stdout.strip()) / 1024
+    assert (given_back_mb > 15) is returned, given_back_mb

@@ -33,14 +33,9 @@ STATUS = Path("/proc/self/status")
 #: blocks are freed (up to 32 MiB) and keeps later blocks of that size on its heap, so the resident
 #: set depends on the order of past allocations more than on the tensors alive (runs of one method
 #: moved by ±40 MB). A fixed threshold turns that off: every block of 128 KiB or more is a mapping of
-#: its own, returned on free, and the resident set follows the live tensors.
+#: its own, returned on free, and the resident set follows the live tensors. (The timing process
+#: does the opposite: :mod:`mtlbench.bench.allocator`.)
 GLIBC_RETURN_FREED_BLOCKS = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-#: The opposite, for timing: blocks up to 32 MiB come from glibc's heap, which is never trimmed, so
-#: after the warm-up no step pays page faults for memory an earlier step gave back. Without it a
-#: step's time depends on what ran before it (configuration A's vanilla step took 228 ms between
-#: RLAR steps and 300 ms between RLAR-subset steps, the same step). ``benchmarks/step_cost.py``
-#: sets it; for ``mtlbench bench`` export it first.
-GLIBC_RETAIN_FREED_BLOCKS = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1099511627776"}
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
