@@ -68,7 +68,9 @@ class RLARParams:
     ``every`` and ``subset`` are opt-in cheaper estimates, not the paper's method (both off by
     default): the penalty on every ``every``-th step only, times ``every`` (lazy regularisation, as
     StyleGAN2's R1: the same penalty gradient on average over steps); and the penalty of a random
-    ``subset`` of the batch's samples, the heads and losses re-run on those samples only.
+    ``subset`` of the batch's samples, whose heads and losses the trainer runs apart from the other
+    samples' in the step's forward (:meth:`RLAR.subset_for_step`), so that only their graph is
+    differentiated twice.
     """
 
     lambda_adv: float = 0.1

@@ -44,7 +44,8 @@ def _identity(loss: Tensor) -> Tensor:
     return loss
 
 
-#: ``indices`` → ``(losses, representations)`` of the heads re-run on those samples.
+#: ``indices`` (of the batch the step was given) → ``(losses, representations)`` of the heads on those
+#: samples only: the forward's own subset when it ran those apart, else the heads re-run on them.
 SubsetForward = Callable[[Tensor], tuple[dict[str, Tensor], dict[str, Tensor | list[Tensor]]]]
 
 
