@@ -32,7 +32,10 @@ def _epochs(folder: str | None) -> int:
 def test_two_workers_share_a_study_and_a_killed_trial_is_retried_and_resumed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     n = 4
-    settings = {"train.epochs": 3, "train.steps_per_epoch": 4}  # a trial long enough to be killed in
+    # a trial long enough to be killed in: the window between its first checkpoint and its last epoch
+    # must outlast the polling below (with 4 steps per epoch, about 60 ms on a fast host: missed in 1
+    # of 3 runs there)
+    settings = {"train.epochs": 3, "train.steps_per_epoch": 16}
     args = [
         "--trials",
         str(n),
@@ -50,7 +53,7 @@ def test_two_workers_share_a_study_and_a_killed_trial_is_retried_and_resumed(tmp
     while (
         victim_folder is None and time.monotonic() < deadline and killed.poll() is None
     ):  # SIGKILL it once its trial has an epoch
-        time.sleep(0.05)
+        time.sleep(0.02)
         started = [
             line.split(" → ", 1)[1].split(" (")[0]
             for line in (tmp_path / "killed.log").read_text().splitlines()
