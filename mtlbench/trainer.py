@@ -415,6 +415,7 @@ class Trainer:
         random generators are left as they were (the run is bit-identical with or without the check)."""
         state = _rng_state()
         try:
+            self.check_model_runs()
             val = self.evaluate(self.splits.val, max_batches=1)
         finally:
             _set_rng_state(state)
@@ -426,6 +427,35 @@ class Trainer:
                 f"train.monitor {monitor!r} is not a validation metric of task {self.config.task!r} "
                 f"(available: {', '.join(scalars(val))})"
             )
+
+    def check_model_runs(self) -> None:
+        """The model's forward on the first validation batch, before anything is written: a model
+        that cannot run on the task's input (a backbone that downsamples the image below what its
+        layers need, a stride the decoder cannot undo) is a :class:`ConfigError` naming the backbone,
+        its settings and the input's shape, not a traceback from inside a layer."""
+        from mtlbench.errors import ConfigError
+
+        batches = eval_batches(len(self.splits.val), self.config.train.eval_batch_size, 1)
+        batch = next(self._loader(self.splits.val, batches))
+        image = batch["image"]
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.precision.autocast(), second_order.kernels(False):
+                self.model(image)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError) as exc:
+            cfg = self.config
+            given = {k: v for k, v in sorted(cfg.backbone_args.items()) if v is not None}
+            settings = ", ".join(f"{k}={v}" for k, v in given.items()) or "its defaults"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"backbone {cfg.backbone!r} ({settings}) and the heads of task {cfg.task!r} cannot run "
+                f"on an input of shape {tuple(image.shape)}: {reason}. Check backbone_args (its stages "
+                "and strides against the image size) and the task's input size (data.*)"
+            ) from exc
+        finally:
+            self.model.train()
 
     def fit(self, progress: Any = None, callbacks: tuple[Any, ...] = ()) -> TrainState:
         """Train from ``self.state.epoch`` to the configured number of epochs.

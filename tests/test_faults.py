@@ -134,6 +134,33 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, finished,
     assert_intact(finished)
 
 
+def test_a_backbone_that_cannot_run_on_the_input_is_one_line_before_anything_is_written(
+    tmp_path, finished
+) -> None:
+    """nnU-Net's default 6 stages halve twoshapes' 32 px image to 1 × 1 at the bottleneck, where an
+    instance norm has a single value per channel: one line naming the backbone, its settings and the
+    input, not a traceback from inside the norm."""
+    runs = finished[0]
+    before = snapshot(runs)
+    code, _, err = cli(
+        *core_args(tmp_path, widths=False), "--backbone", "nnunet_plain", "backbone_args.n_stages=6"
+    )
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(
+        err, "backbone 'nnunet_plain' (", "n_stages=6", "input of shape (8, 1, 32, 32)", "1 spatial element"
+    )
+    assert snapshot(runs) == before
+    assert_intact(finished)
+    # the same backbone with stages the image can hold trains
+    code, _, err = cli(
+        *core_args(tmp_path, widths=False, **{"train.epochs": 1}),
+        "--backbone",
+        "nnunet_plain",
+        "backbone_args.n_stages=4",
+    )
+    assert code == 0, err
+
+
 def test_the_monitor_is_checked_on_one_batch_without_changing_the_run(tmp_path) -> None:
     # the check evaluates one validation batch; the random generators are restored, so the run is
     # bit-identical to one without the check
