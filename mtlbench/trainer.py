@@ -436,6 +436,8 @@ class Trainer:
         from mtlbench.errors import ConfigError
 
         batches = eval_batches(len(self.splits.val), self.config.train.eval_batch_size, 1)
+        if not batches:  # no validation data: the monitor's check says so
+            return
         batch = next(self._loader(self.splits.val, batches))
         image = batch["image"]
         self.model.eval()
