@@ -5,18 +5,20 @@ Each task t has a learnable log-variance s_t = log σ_t² (initialised to ``init
 
     L = Σ_t k_t·exp(−s_t)·λ_t·L_t + ½·s_t,     k_t = 1 (classification) or ½ (regression)
 
-with λ_t the task's configured weight. The tasks named in ``classification`` (default ``("cls",)``,
-the thyroid task's softmax classifier; names that are not tasks of the run are ignored) use the
-classification form 1/σ² — a softmax likelihood with temperature σ² — the others the Gaussian
-regression form 1/(2σ²). Both have the same stationary weights in σ², but the classification form
-moves s_t twice as fast. The s_t are an ``nn.Parameter`` of this module, so the trainer's optimizer
-updates them together with the network; they are checkpointed through ``state_dict()``.
+with λ_t the task's configured weight. By default every task has the Gaussian regression form
+1/(2σ²) — the rule ``methods.md`` pins (Σ_t ½·exp(−s_t)·L_t + ½·s_t), as LibMTL and the Nash-MTL
+repository have it. The tasks named in ``classification`` (e.g. ``[cls]`` for the thyroid task's
+softmax classifier; names that are not tasks of the run are ignored) use Kendall's classification
+form 1/σ² instead — a softmax likelihood with temperature σ². Both have the same stationary weights
+in σ², but the classification form moves s_t twice as fast. The s_t are an ``nn.Parameter`` of this
+module, so the trainer's optimizer updates them together with the network; they are checkpointed
+through ``state_dict()``.
 
 Conventions: no official code is public. LibMTL (``weighting/UW.py``) and the Nash-MTL repository
-(``methods/weight_methods.py``, ``Uncertainty``) use the regression form for every task
-(``classification=()`` reproduces them); LibMTL also initialises s_t = −0.5 and has no λ_t
-(``init_log_variance=-0.5``). The trainer's AdamW applies its weight decay to s_t as well, which
-pulls σ_t² gently towards 1. ``weight/<task>`` reports k_t·exp(−s_t).
+(``methods/weight_methods.py``, ``Uncertainty``) use the regression form for every task, the
+default here; LibMTL also initialises s_t = −0.5 and has no λ_t (``init_log_variance=-0.5``). The
+trainer's AdamW applies its weight decay to s_t as well, which pulls σ_t² gently towards 1.
+``weight/<task>`` reports k_t·exp(−s_t).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class UWParams:
     """UW hyper-parameters."""
 
     init_log_variance: float = 0.0
-    classification: tuple[str, ...] = ("cls",)
+    #: Tasks with Kendall's classification form (k_t = 1); the others, by default all, k_t = ½.
+    classification: tuple[str, ...] = ()
 
 
 def uncertainty_objective(

@@ -155,7 +155,7 @@ def test_end_to_end_every_parameter_gets_a_finite_gradient() -> None:
 
 def test_classification_tasks_use_kendalls_classification_form() -> None:
     """Kendall et al. eq. 10: a softmax classifier's term is exp(−s)·L + ½s (no ½ on the loss)."""
-    uw = UW(("cls", "clin"))  # default: ``cls`` is a classification task
+    uw = UW(("cls", "clin"), UWParams(classification=("cls",)))
     with torch.no_grad():
         uw.log_variances.copy_(torch.tensor([math.log(2.0), math.log(4.0)]))
     inputs, losses = leaf_inputs([3.0, 8.0], [1.0, 1.0])
@@ -166,7 +166,8 @@ def test_classification_tasks_use_kendalls_classification_form() -> None:
     assert logs["loss"] == pytest.approx(expected, rel=1e-6)
     assert logs["weight/cls"] == pytest.approx(0.5) and logs["weight/clin"] == pytest.approx(0.125)
     assert torch.allclose(uw.log_variances.grad, torch.tensor([-1.5 + 0.5, -1.0 + 0.5]))
-    regression = UW(("cls", "clin"), UWParams(classification=()))
-    assert regression.factors().tolist() == [0.5, 0.5]
+    # the default is the rule methods.md pins, ½·exp(−s_t)·L_t for every task, whatever its name
+    assert UW(("cls", "clin")).factors().tolist() == [0.5, 0.5]
+    assert UW(("cls", "clin"), UWParams(classification=())).factors().tolist() == [0.5, 0.5]
     with pytest.raises(ValueError, match="Parameter `classification`"):
         UW(("cls",), UWParams(classification="cls"))  # type: ignore[arg-type]
