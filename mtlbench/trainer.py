@@ -387,20 +387,55 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(
-        self, dataset: Dataset, max_batches: int | None = None, epoch: int | None = None
+        self,
+        dataset: Dataset,
+        max_batches: int | None = None,
+        epoch: int | None = None,
+        *,
+        explain_model_errors: bool = False,
     ) -> dict[str, Any]:
-        """Metrics on ``dataset``: all of it, or ``max_batches`` batches (a seeded draw per ``epoch``)."""
+        """Metrics on ``dataset``: all of it, or ``max_batches`` batches (a seeded draw per ``epoch``).
+
+        ``explain_model_errors``: a model that cannot run on the input is a :class:`ConfigError`
+        (:meth:`_model_runs_on`), as the check before a run needs it."""
         self.model.eval()
         evaluator = self.task.evaluator()
         batches = eval_batches(
             len(dataset), self.config.train.eval_batch_size, max_batches, self.config.seed, epoch
         )
-        for batch in self._loader(dataset, batches):
-            with self.precision.autocast(), second_order.kernels(False):
-                output = self.model(batch["image"])
-            evaluator.update(output, batch)
-        self.model.train()
+        try:
+            for batch in self._loader(dataset, batches):
+                explained = (
+                    self._model_runs_on(batch["image"]) if explain_model_errors else contextlib.nullcontext()
+                )
+                with self.precision.autocast(), second_order.kernels(False), explained:
+                    output = self.model(batch["image"])
+                evaluator.update(output, batch)
+        finally:
+            self.model.train()
         return evaluator.compute()
+
+    @contextlib.contextmanager
+    def _model_runs_on(self, image: torch.Tensor) -> Iterator[None]:
+        """A model that cannot run on ``image`` (a backbone that downsamples it below what its layers
+        need, a stride the decoder cannot undo) raises a :class:`ConfigError` naming the backbone,
+        its settings and the input's shape, not a traceback from inside a layer."""
+        from mtlbench.errors import ConfigError
+
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, ValueError) as exc:
+            cfg = self.config
+            given = {k: v for k, v in sorted(cfg.backbone_args.items()) if v is not None}
+            settings = ", ".join(f"{k}={v}" for k, v in given.items()) or "its defaults"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"backbone {cfg.backbone!r} ({settings}) and the heads of task {cfg.task!r} cannot run "
+                f"on an input of shape {tuple(image.shape)}: {reason}. Check backbone_args (its stages "
+                "and strides against the image size) and the task's input size (data.*)"
+            ) from exc
 
     def _improved(self, value: float) -> bool:
         best = self.state.best_value
@@ -415,8 +450,8 @@ class Trainer:
         random generators are left as they were (the run is bit-identical with or without the check)."""
         state = _rng_state()
         try:
-            self.check_model_runs()
-            val = self.evaluate(self.splits.val, max_batches=1)
+            # a model that cannot run on the task's input is one clear line too
+            val = self.evaluate(self.splits.val, max_batches=1, explain_model_errors=True)
         finally:
             _set_rng_state(state)
         monitor = self.config.train.monitor
@@ -427,37 +462,6 @@ class Trainer:
                 f"train.monitor {monitor!r} is not a validation metric of task {self.config.task!r} "
                 f"(available: {', '.join(scalars(val))})"
             )
-
-    def check_model_runs(self) -> None:
-        """The model's forward on the first validation batch, before anything is written: a model
-        that cannot run on the task's input (a backbone that downsamples the image below what its
-        layers need, a stride the decoder cannot undo) is a :class:`ConfigError` naming the backbone,
-        its settings and the input's shape, not a traceback from inside a layer."""
-        from mtlbench.errors import ConfigError
-
-        batches = eval_batches(len(self.splits.val), self.config.train.eval_batch_size, 1)
-        if not batches:  # no validation data: the monitor's check says so
-            return
-        batch = next(self._loader(self.splits.val, batches))
-        image = batch["image"]
-        self.model.eval()
-        try:
-            with torch.no_grad(), self.precision.autocast(), second_order.kernels(False):
-                self.model(image)
-        except torch.OutOfMemoryError:
-            raise
-        except (RuntimeError, ValueError) as exc:
-            cfg = self.config
-            given = {k: v for k, v in sorted(cfg.backbone_args.items()) if v is not None}
-            settings = ", ".join(f"{k}={v}" for k, v in given.items()) or "its defaults"
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(
-                f"backbone {cfg.backbone!r} ({settings}) and the heads of task {cfg.task!r} cannot run "
-                f"on an input of shape {tuple(image.shape)}: {reason}. Check backbone_args (its stages "
-                "and strides against the image size) and the task's input size (data.*)"
-            ) from exc
-        finally:
-            self.model.train()
 
     def fit(self, progress: Any = None, callbacks: tuple[Any, ...] = ()) -> TrainState:
         """Train from ``self.state.epoch`` to the configured number of epochs.
