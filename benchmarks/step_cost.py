@@ -7,9 +7,9 @@ classifier, 128 px, batch 8. ``A-bilinear``: the same encoder with the task's de
 thyroid ``quick`` preset (``unet_small``, 64 px, batch 16). All on the thyroid phantom, 2 CPU
 threads unless ``--threads`` says otherwise. The rows are the methods whose price the issue asks
 for, RLAR's two cheaper modes included; the JSON and PNG land in ``benchmarks/results/`` with the
-machine, versions and commit. Like ``mtlbench bench``, the script sets glibc to keep freed memory
-(:func:`mtlbench.bench.allocator.retain_freed_blocks`), so that no step's time depends on what the
-steps before it gave back to the system.
+machine, versions and commit. As in ``mtlbench bench``, glibc keeps freed memory while the steps are
+timed (:mod:`mtlbench.bench.allocator`), so that no step's time depends on what the steps before it
+gave back to the system.
 
     python benchmarks/step_cost.py --config A
     python benchmarks/step_cost.py --config A-bilinear
@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from mtlbench import atomic
-from mtlbench.bench.allocator import retain_freed_blocks
 from mtlbench.bench.compare import method_configs, parse_methods, run_comparison
 from mtlbench.bench.render import bench_plot, bench_tables
 
@@ -71,7 +70,6 @@ def main() -> None:
         *args.overrides,
     ]
     configs = method_configs(parse_methods(args.methods), overrides, task="thyroid")
-    allocator = retain_freed_blocks()
     record = run_comparison(
         configs,
         args.warmup,
@@ -81,7 +79,6 @@ def main() -> None:
         log=lambda m: print(m, flush=True),
     )
     record["configuration"] = {"name": args.config, "overrides": overrides}
-    record["allocator"] = allocator
     out = args.out or Path(__file__).parent / "results" / f"step_cost_{args.config}.json"
     atomic.write_json(out, record)
     bench_plot(record, out.with_suffix(".png"))

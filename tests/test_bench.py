@@ -63,6 +63,7 @@ def test_comparison_times_the_trainers_own_step(tmp_path, monkeypatch) -> None:
     assert "backward/representation gradients" in rows["rlar:every=2"]["phases_s"]
     assert record["machine"]["type"] == "cpu" and torch.__version__.startswith(record["versions"]["torch"])
     assert record["settings"]["runs"]["rlar:every=2"]["method_args"]["every"] == 2
+    assert record["allocator"] is None  # inline memory: the heap must follow the live tensors
 
 
 def test_an_out_of_memory_is_a_row_not_a_crash(tmp_path, monkeypatch) -> None:

@@ -164,7 +164,6 @@ def _bench(
     import torch
 
     from mtlbench import atomic
-    from mtlbench.bench.allocator import retain_freed_blocks
     from mtlbench.bench.compare import method_configs, parse_methods, run_comparison
     from mtlbench.bench.render import bench_plot
 
@@ -194,9 +193,6 @@ def _bench(
     for option, path in (("--out", out), ("--plot", png)):
         check_writable(option, path)  # before minutes of measuring, not after
     say = lambda message: typer.echo(message, err=True)  # noqa: E731
-    # steps timed on the CPU do not pay page faults for what the steps before them gave back; not
-    # with --memory inline, whose resident set in this process must follow the live tensors
-    allocator = retain_freed_blocks() if memory != "inline" else None
     records = []
     for value, cfgs in configs.items():
         if value is not None:
@@ -205,7 +201,6 @@ def _bench(
         rec["scale"] = None if value is None else {"key": scaling[0], "value": value}  # type: ignore[index]
         records.append(rec)
     record = records[0] if scaling is None else {**records[0], "scale_key": scaling[0], "points": records}
-    record["allocator"] = allocator
     atomic.write_json(out, record)
     written = bench_plot(record, png)
     return record, out, written

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import yaml
 
+from mtlbench.bench.allocator import retain_freed_blocks
 from mtlbench.bench.harness import StepHarness, build_harness, describe, prepare_splits
 from mtlbench.bench.memory import measure_in_process, measure_in_subprocess
 from mtlbench.config import ConfigError, RunConfig, resolve_config
@@ -198,9 +199,14 @@ def run_comparison(
     memory_steps: int = 3,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
-    """Time, break down and measure the memory of every configured method; the JSON record."""
+    """Time, break down and measure the memory of every configured method; the JSON record.
+
+    On glibc the steps are timed with freed blocks kept on the heap (:mod:`mtlbench.bench.allocator`;
+    the record's ``allocator``), except with ``memory="inline"``, whose resident set in this process
+    must follow the live tensors."""
     if BASELINE not in configs:
         raise ConfigError(f"--methods must include {BASELINE!r}: every ratio is taken against it")
+    allocator = retain_freed_blocks() if memory != "inline" else None
     first = next(iter(configs.values()))
     log(f"preparing the data of task {first.task!r}")
     splits = prepare_splits(first)
@@ -246,4 +252,5 @@ def run_comparison(
             "runs": {name: describe(cfg) for name, cfg in configs.items()},
         },
         "rows": summarise(times, errors, phases, mem, skipped),
+        "allocator": allocator,
     }
